@@ -1,0 +1,16 @@
+"""skretrieval: image-to-image retrieval as a scikit-learn estimator."""
+
+__version__ = "0.1.0"
+
+from ._encoder import ImageEncoder
+from ._preprocessing import Preprocessing
+from ._retriever import ImageRetriever
+from .encoders import list_encoders
+
+__all__ = [
+    "ImageEncoder",
+    "ImageRetriever",
+    "Preprocessing",
+    "__version__",
+    "list_encoders",
+]

@@ -1,0 +1,204 @@
+"""ImageEncoder: the encoder alone, as a scikit-learn transformer."""
+
+from __future__ import annotations
+
+import io
+import os
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._device import resolve_device
+from ._encoding import build_encoder, encode
+from ._sklearn_compat import Interval, StrOptions, TransformerTags, _fit_context, validate_data
+from .io import FeatureInput, read_input
+
+ENCODER_CONSTRAINTS = {
+    "encoder": [str, callable],
+    "weights": [None, str, os.PathLike, object],
+    "preprocessing": [None, StrOptions({"none"}), dict, callable],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "device": [str, torch.device],
+    "verbose": ["verbose"],
+}
+
+
+class EncoderMixin:
+    """Fitting an encoder and turning any accepted ``X`` into features (shared by estimators)."""
+
+    def _fit_encoder(self) -> None:
+        self.device_ = resolve_device(self.device)
+        self.encoder_, self.preprocessing_ = build_encoder(self.encoder, self.weights, self.preprocessing)
+        if isinstance(self.encoder_, nn.Module):
+            self.encoder_.to(self.device_).eval()
+
+    def _encode_input(self, X, *, reset: bool):
+        """``(features float32 (n, d), labels or None, ids or None)`` for any accepted ``X``."""
+        source = read_input(X)
+        if isinstance(source, FeatureInput):
+            features = validate_data(
+                self, source.features, reset=reset, dtype=[np.float32, np.float64]
+            ).astype(np.float32, copy=False)
+            return features, source.labels, source.ids
+        if self.encoder_ is None:
+            raise ValueError(
+                f"encoder='precomputed' expects X to be a 2-D feature matrix; got {source.description}. "
+                "Pass features, or choose an encoder (e.g. 'efficientnet_lite0')."
+            )
+        if reset and hasattr(self, "n_features_in_"):
+            del self.n_features_in_  # images have no feature count; drop one from an earlier fit
+        features, labels = encode(
+            source, self.encoder_, self.preprocessing_,
+            batch_size=self.batch_size, device=self.device_, verbose=self.verbose,
+        )
+        bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"the encoder returned NaN or infinite features for {bad.size} item(s) of "
+                f"{source.description} (first: index {bad[0]}); check the encoder and the images."
+            )
+        return features, labels, source.ids
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if isinstance(state.get("encoder_"), nn.Module):
+            buffer = io.BytesIO()
+            torch.save(state["encoder_"], buffer)
+            state["encoder_"] = _SavedModule(buffer.getvalue())
+        return state
+
+    def __setstate__(self, state):
+        device = state.get("device_")
+        if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+            state["device_"] = device = torch.device("cpu")  # a GPU model served on a CPU machine
+        if isinstance(state.get("encoder_"), _SavedModule):
+            state["encoder_"] = torch.load(
+                io.BytesIO(state["encoder_"].data), map_location=device, weights_only=False
+            )
+        super().__setstate__(state)
+
+
+class _SavedModule:
+    """An ``nn.Module`` serialised with ``torch.save``, so loading can remap its device."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
+    """Encode images into feature vectors, as a scikit-learn transformer.
+
+    Use it as the first step of a :class:`~sklearn.pipeline.Pipeline` (e.g. followed by PCA
+    and an :class:`ImageRetriever` with ``encoder="precomputed"``).
+
+    Parameters
+    ----------
+    encoder : str, nn.Module or callable, default="efficientnet_lite0"
+        A name from :func:`skretrieval.encoders.list_encoders` (the default EfficientNet-Lite0
+        works offline with ImageNet weights; any torchvision model name works), a
+        ``torch.nn.Module`` or callable mapping an ``(N, C, H, W)`` batch to ``(N, D)``
+        features, or ``"precomputed"`` when ``X`` already is features. A module is
+        deep-copied into ``encoder_``; yours is never modified.
+    weights : str, path or None, default="DEFAULT"
+        For a named encoder: ``"DEFAULT"``, a torchvision weights name such as
+        ``"IMAGENET1K_V2"``, ``None`` (random initialisation) or a path to a state dict. For a
+        module: an optional state-dict path loaded into the copy.
+    preprocessing : None, "none", dict, Preprocessing or callable, default=None
+        How images in [0, 1] become encoder input. ``None`` takes the encoder's own
+        (ImageNet statistics and input size for named encoders; :class:`Preprocessing`
+        defaults otherwise); a dict overrides some fields (``size``, ``crop_pct``,
+        ``resize_mode``, ``mean``, ``std``, ``interpolation``); a callable receives a float
+        batch ``(N, 3, H, W)``; ``"none"`` passes images through unchanged.
+    batch_size : int, default=32
+        Images encoded per forward pass.
+    device : str or torch.device, default="auto"
+        ``"auto"`` picks CUDA, then MPS, then the CPU.
+    verbose : int, default=0
+        Show a progress bar while encoding when > 0.
+
+    Attributes
+    ----------
+    encoder_ : nn.Module, callable or None
+        The encoder used (a copy of a given module); None for ``"precomputed"``.
+    preprocessing_ : callable or None
+        The resolved preprocessing.
+    device_ : torch.device
+        The device encoding runs on.
+    n_features_in_ : int
+        Only when fitted on a 2-D feature matrix.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skretrieval import ImageEncoder
+    >>> encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> images = np.random.default_rng(0).random((4, 16, 16, 3))
+    >>> ImageEncoder(encoder, preprocessing={"size": 8}, device="cpu").fit_transform(images).shape
+    (4, 3)
+    """
+
+    _parameter_constraints = dict(ENCODER_CONSTRAINTS)
+
+    def __init__(
+        self,
+        encoder="efficientnet_lite0",
+        *,
+        weights="DEFAULT",
+        preprocessing=None,
+        batch_size=32,
+        device="auto",
+        verbose=0,
+    ):
+        self.encoder = encoder
+        self.weights = weights
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.device = device
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Build the encoder; ``X`` is only validated (encoders are not trained here).
+
+        Parameters
+        ----------
+        X : images or features
+            Any input :class:`ImageRetriever` accepts.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : ImageEncoder
+        """
+        self._fit_encoder()
+        source = read_input(X)
+        if isinstance(source, FeatureInput):
+            validate_data(self, source.features, reset=True, dtype=[np.float32, np.float64])
+        elif hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+        return self
+
+    def transform(self, X):
+        """Encode ``X``; a 2-D feature matrix is returned as float32 unchanged.
+
+        Parameters
+        ----------
+        X : images or features
+            Any input :class:`ImageRetriever` accepts.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), float32
+        """
+        check_is_fitted(self)
+        return self._encode_input(X, reset=False)[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
+        return tags

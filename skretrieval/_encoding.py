@@ -1,0 +1,87 @@
+"""From the ``encoder`` parameter to a feature matrix: building the encoder, running batches."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._preprocessing import resolve_preprocessing
+from .encoders import create_encoder
+from .io import ImageInput, to_unit_float
+
+
+def build_encoder(encoder, weights, preprocessing):
+    """The fitted encoder and its preprocessing callable for ``encoder=``/``weights=``.
+
+    A user's ``nn.Module`` is deep-copied so that moving or training it never touches the
+    caller's object; a plain callable is used as given. Returns ``(None, None)`` for
+    ``"precomputed"``.
+    """
+    if isinstance(encoder, str):
+        if encoder == "precomputed":
+            return None, None
+        built = create_encoder(encoder, weights=weights)
+        return built.module, resolve_preprocessing(preprocessing, built.preprocessing)
+    if isinstance(encoder, nn.Module):
+        module = copy.deepcopy(encoder)
+        if isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
+            module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return module, resolve_preprocessing(preprocessing, None)
+    if callable(encoder):
+        return encoder, resolve_preprocessing(preprocessing, None)
+    raise TypeError(
+        f"encoder of type {type(encoder).__name__} is not accepted; use 'precomputed', a name "
+        "from skretrieval.encoders.list_encoders(), an nn.Module or a callable."
+    )
+
+
+def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, verbose=0):
+    """Encode every image: returns ``(features float32 (n, d), labels or None)``.
+
+    Labels are those the source yields itself (a Dataset of ``(image, label)`` pairs).
+    """
+    features, labels = [], []
+    progress = _progress(images, verbose)
+    with torch.inference_mode():
+        for batch, batch_labels in images.batches(batch_size):
+            inputs = _preprocess_batch(batch, preprocess, device)
+            features.append(_as_features(encoder(inputs)))
+            labels.append(batch_labels)
+            progress.update(len(inputs))
+    progress.close()
+    if not features:
+        raise ValueError(f"{images.description} yielded no image; X must hold at least one sample.")
+    all_labels = None if any(lab is None for lab in labels) else np.concatenate(labels)
+    return np.concatenate(features), all_labels
+
+
+def _preprocess_batch(batch, preprocess, device) -> torch.Tensor:
+    """A uint8/float batch (tensor or list of varied sizes) as encoder input on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return preprocess(to_unit_float(batch.to(device)))
+    return torch.cat([preprocess(to_unit_float(image.to(device))[None]) for image in batch])
+
+
+def _as_features(output) -> np.ndarray:
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    output = torch.as_tensor(output)
+    if output.ndim > 2 and all(s == 1 for s in output.shape[2:]):
+        output = output.flatten(1)
+    if output.ndim != 2:
+        raise ValueError(
+            f"the encoder returned shape {tuple(output.shape)}; it must map an (N, C, H, W) batch "
+            "to (N, D) features (add global pooling and flatten to your module)."
+        )
+    return output.detach().float().cpu().numpy()
+
+
+def _progress(images: ImageInput, verbose):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=images.n, disable=not verbose, desc="encoding", unit="img", leave=False)

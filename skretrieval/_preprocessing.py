@@ -1,0 +1,135 @@
+"""How raw images become the batch an encoder expects.
+
+A :class:`Preprocessing` is the pretrained configuration of an encoder (input size, resize
+policy, mean and std). Built-in encoders carry their own; users override it with a dict, a
+:class:`Preprocessing`, a callable, or ``"none"`` when their inputs are already model-ready.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from numbers import Integral
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_INTERPOLATIONS = {
+    "nearest": TF.InterpolationMode.NEAREST,
+    "bilinear": TF.InterpolationMode.BILINEAR,
+    "bicubic": TF.InterpolationMode.BICUBIC,
+}
+_RESIZE_MODES = ("crop", "stretch")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize, crop and normalise a batch of images for an encoder.
+
+    Parameters
+    ----------
+    size : int or tuple of (int, int), default=224
+        Height and width the encoder sees. An int means a square.
+    crop_pct : float, default=0.875
+        With ``resize_mode="crop"``, the shorter side is first resized to
+        ``size / crop_pct`` and the centre ``size`` is cropped, as ImageNet models are
+        evaluated. ``1.0`` resizes the shorter side straight to ``size``.
+    resize_mode : {"crop", "stretch"}, default="crop"
+        ``"crop"`` keeps the aspect ratio (resize, then centre crop); ``"stretch"`` resizes
+        to ``size`` directly.
+    mean, std : tuple of float, default=ImageNet statistics
+        Per-channel normalisation applied after resizing, on images scaled to [0, 1].
+    interpolation : {"bilinear", "bicubic", "nearest"}, default="bilinear"
+        Resampling filter (antialiased when shrinking).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skretrieval import Preprocessing
+    >>> prep = Preprocessing(size=32)
+    >>> prep(torch.rand(2, 3, 48, 64)).shape
+    torch.Size([2, 3, 32, 32])
+    """
+
+    size: int | tuple[int, int] = 224
+    crop_pct: float = 0.875
+    resize_mode: str = "crop"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        size = (self.size, self.size) if isinstance(self.size, Integral) else tuple(self.size)
+        if len(size) != 2 or not all(isinstance(s, Integral) and s > 0 for s in size):
+            raise ValueError(f"Preprocessing size must be a positive int or (h, w); got {self.size!r}.")
+        object.__setattr__(self, "size", tuple(int(s) for s in size))
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"Preprocessing crop_pct must lie in (0, 1]; got {self.crop_pct!r}.")
+        if self.resize_mode not in _RESIZE_MODES:
+            raise ValueError(
+                f"Preprocessing resize_mode must be one of {_RESIZE_MODES}; got {self.resize_mode!r}."
+            )
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"Preprocessing interpolation must be one of {tuple(_INTERPOLATIONS)}; "
+                f"got {self.interpolation!r}."
+            )
+        for name in ("mean", "std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) not in (1, 3):
+                raise ValueError(f"Preprocessing {name} needs 1 or 3 values; got {value!r}.")
+            object.__setattr__(self, name, value)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocess a float batch ``(N, 3, H, W)`` with values in [0, 1]."""
+        mode = _INTERPOLATIONS[self.interpolation]
+        if self.resize_mode == "stretch":
+            images = TF.resize(images, list(self.size), interpolation=mode, antialias=True)
+        else:
+            shorter = round(min(self.size) / self.crop_pct)
+            images = TF.resize(images, [shorter], interpolation=mode, antialias=True)
+            images = TF.center_crop(images, list(self.size))
+        return TF.normalize(images, list(self.mean), list(self.std))
+
+    def replace(self, **changes) -> Preprocessing:
+        """A copy with some fields changed; unknown names raise a ``ValueError``."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"Unknown preprocessing key(s) {unknown}; accepted: "
+                f"{[f.name for f in dataclasses.fields(self)]}."
+            )
+        return dataclasses.replace(self, **changes)
+
+
+def identity(images: torch.Tensor) -> torch.Tensor:
+    """Pass model-ready inputs through unchanged (``preprocessing="none"``)."""
+    return images
+
+
+def resolve_preprocessing(preprocessing, default: Preprocessing | None):
+    """The callable that turns a [0, 1] batch into encoder input.
+
+    ``preprocessing`` is the user's parameter (None, dict, Preprocessing, callable or
+    ``"none"``); ``default`` is the encoder's own configuration (None when it has none).
+    """
+    if preprocessing is None:
+        return default if default is not None else Preprocessing()
+    if isinstance(preprocessing, str):
+        if preprocessing == "none":
+            return identity
+        raise ValueError(
+            f"preprocessing={preprocessing!r} is not accepted; use None, 'none', a dict of "
+            "Preprocessing fields, a Preprocessing or a callable."
+        )
+    if isinstance(preprocessing, Preprocessing) or callable(preprocessing):
+        return preprocessing
+    if isinstance(preprocessing, dict):
+        return (default if default is not None else Preprocessing()).replace(**preprocessing)
+    raise TypeError(
+        f"preprocessing must be None, 'none', a dict, a Preprocessing or a callable; "
+        f"got {type(preprocessing).__name__}."
+    )

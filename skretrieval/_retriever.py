@@ -1,0 +1,393 @@
+"""ImageRetriever: encode a gallery, find the most similar images, vote on labels."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin
+from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
+from ._vote import class_probabilities, plurality_vote, vote_weights
+from .search import SIMILARITY_NAMES, get_similarity, topk_search
+
+
+class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
+    """Image-to-image retrieval: a gallery of encoded images searched by similarity.
+
+    ``fit`` encodes the gallery (the "prototype"); ``kneighbors``/``search`` return the most
+    similar gallery items of each query; ``predict`` votes over the labels of the ``topk``
+    best matches, as :class:`~sklearn.neighbors.KNeighborsClassifier` does.
+
+    Parameters
+    ----------
+    encoder : str, nn.Module or callable, default="efficientnet_lite0"
+        A name from :func:`skretrieval.encoders.list_encoders` (the default EfficientNet-Lite0
+        works offline with ImageNet weights; any torchvision model name works), a
+        ``torch.nn.Module`` or callable mapping an ``(N, C, H, W)`` batch to ``(N, D)``
+        features, or ``"precomputed"`` when ``X`` already is features. A module is
+        deep-copied into ``encoder_``; yours is never modified.
+    weights : str, path or None, default="DEFAULT"
+        For a named encoder: ``"DEFAULT"``, a torchvision weights name such as
+        ``"IMAGENET1K_V2"``, ``None`` (random initialisation) or a path to a state dict. For a
+        module: an optional state-dict path loaded into the copy.
+    preprocessing : None, "none", dict, Preprocessing or callable, default=None
+        How images in [0, 1] become encoder input. ``None`` takes the encoder's own; a dict
+        overrides some :class:`Preprocessing` fields (``size``, ``crop_pct``,
+        ``resize_mode``, ``mean``, ``std``, ``interpolation``); a callable receives a float
+        batch ``(N, 3, H, W)``; ``"none"`` passes images through unchanged.
+    similarity_fn : {"cosine", "dot", "euclidean"} or callable, default="cosine"
+        Larger = more similar. ``"cosine_similarity"`` is accepted as an alias of
+        ``"cosine"``. A callable receives two float32 tensors ``(n, d)``, ``(m, d)`` and
+        returns ``(n, m)`` similarities. Distances reported by :meth:`kneighbors` are
+        ``1 - s`` (cosine), ``||a - b||`` (euclidean), ``-a.b`` (dot) and ``-s`` (callable).
+    topk : int, default=5
+        Neighbours that vote in :meth:`predict`, and the default ``n_neighbors``. ``-1`` means
+        the whole gallery (``n_gallery - 1`` when querying the gallery itself). A value
+        larger than the gallery raises a ``ValueError`` at query time.
+    vote : {"uniform", "similarity"} or callable, default="uniform"
+        Weight of each neighbour's vote: 1, ``max(s, 0)`` (uniform when all are 0), or
+        ``vote(similarities) -> weights`` of shape ``(n_queries, k)``. A tie goes to the class
+        of the best-ranked neighbour among the tied ones.
+    batch_size : int, default=32
+        Images encoded per forward pass.
+    device : str or torch.device, default="auto"
+        ``"auto"`` picks CUDA, then MPS, then the CPU; encoding and search run there.
+    working_memory : float, default=None
+        MiB that one block of similarity scores may take during search; scikit-learn's
+        ``working_memory`` setting when None.
+    head : None, default=None
+        Reserved for fine-tuning a projection head in ``fit`` (not available yet).
+    verbose : int, default=0
+        Show a progress bar while encoding when > 0.
+
+    Attributes
+    ----------
+    prototype_ : ndarray of shape (n_gallery, n_features), float32
+        The encoded gallery.
+    prototype_labels_ : ndarray of shape (n_gallery,)
+        Label of each gallery item: ``y``, the labels a Dataset yields, or ``arange(n)``.
+    prototype_ids_ : ndarray of shape (n_gallery,)
+        File path of each gallery item when it came from files, else ``arange(n)``.
+    classes_ : ndarray of shape (n_classes,)
+        Sorted distinct labels. Fitted without ``y``, every gallery item is its own class,
+        so ``predict`` returns gallery indices and ``predict_proba`` is
+        ``(n_queries, n_gallery)``.
+    encoder_ : nn.Module, callable or None
+        The encoder used (a copy of a given module); None for ``"precomputed"``.
+    preprocessing_ : callable or None
+        The resolved preprocessing.
+    device_ : torch.device
+        Where encoding and search run.
+    n_features_in_ : int
+        Feature count, when ``fit`` was given features.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval import ImageRetriever
+    >>> gallery = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    >>> retriever = ImageRetriever(encoder="precomputed", topk=1).fit(gallery, ["a", "a", "b"])
+    >>> retriever.predict([[0.1, 0.9]])
+    array(['b'], dtype='<U1')
+    >>> distances, indices = retriever.kneighbors([[1.0, 0.05]], n_neighbors=2)
+    >>> indices
+    array([[0, 1]])
+    """
+
+    _parameter_constraints = {
+        **ENCODER_CONSTRAINTS,
+        "similarity_fn": [StrOptions(set(SIMILARITY_NAMES)), callable],
+        "topk": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
+        "vote": [StrOptions({"uniform", "similarity"}), callable],
+        "working_memory": [None, Interval(Real, 0, None, closed="neither")],
+        "head": [None],
+    }
+
+    def __init__(
+        self,
+        encoder="efficientnet_lite0",
+        *,
+        weights="DEFAULT",
+        preprocessing=None,
+        similarity_fn="cosine",
+        topk=5,
+        vote="uniform",
+        batch_size=32,
+        device="auto",
+        working_memory=None,
+        head=None,
+        verbose=0,
+    ):
+        self.encoder = encoder
+        self.weights = weights
+        self.preprocessing = preprocessing
+        self.similarity_fn = similarity_fn
+        self.topk = topk
+        self.vote = vote
+        self.batch_size = batch_size
+        self.device = device
+        self.working_memory = working_memory
+        self.head = head
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Encode the gallery ("prototype") and remember its labels.
+
+        Parameters
+        ----------
+        X : images or features
+            The gallery: a 2-D feature matrix (encoding skipped), numpy images
+            ``(N, H, W[, C])`` channels last, a torch tensor ``(N, C, H, W)``, a path to an
+            image, a directory or a ``dump_prototype`` file, a list of paths or PIL images,
+            or a torch ``Dataset``/``DataLoader``. Float images lie in [0, 1], integer images
+            in [0, 255].
+        y : array-like of shape (n_gallery,), default=None
+            Gallery labels. Without it, the labels a Dataset or prototype file carries are
+            used, else every item is its own label (``arange(n)``).
+
+        Returns
+        -------
+        self : ImageRetriever
+        """
+        self._fit_encoder()
+        features, labels, ids = self._encode_input(X, reset=True)
+        n = len(features)
+        if y is not None:
+            labels = column_or_1d(y, warn=True)
+            if len(labels) != n:
+                raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
+            check_classification_targets(labels)
+        elif labels is None:
+            labels = np.arange(n)
+        self.prototype_ = features
+        self.prototype_labels_ = np.asarray(labels)
+        self.prototype_ids_ = np.asarray(ids) if ids is not None else np.arange(n)
+        self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        return self
+
+    def fit_transform(self, X, y=None):
+        """Fit, then return the gallery features (``prototype_``) without encoding twice.
+
+        Parameters
+        ----------
+        X : images or features
+            The gallery.
+        y : array-like of shape (n_gallery,), default=None
+            Gallery labels.
+
+        Returns
+        -------
+        features : ndarray of shape (n_gallery, n_features), float32
+        """
+        return self.fit(X, y).prototype_.copy()
+
+    def transform(self, X):
+        """Feature vectors of ``X``, as the gallery was encoded.
+
+        Parameters
+        ----------
+        X : images or features
+            Any input :meth:`fit` accepts.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), float32
+        """
+        check_is_fitted(self)
+        return self._query_features(X)
+
+    def search(self, X=None, k=None):
+        """The ``k`` most similar gallery items per query: similarities, best first.
+
+        The similarity view of :meth:`kneighbors` (the origin's ``matching``): larger means
+        more similar, sorted descending; ties go to the lower gallery index.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None queries the gallery against itself, excluding each item itself.
+        k : int, default=None
+            Items per query; ``topk`` when None, ``-1`` for all.
+
+        Returns
+        -------
+        similarities : ndarray of shape (n_queries, k), float32
+        indices : ndarray of shape (n_queries, k), int64
+            Rows of ``prototype_``; ``prototype_ids_[indices]`` names the items.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed").fit(np.eye(3))
+        >>> similarities, indices = retriever.search([[0.0, 1.0, 0.0]], k=2)
+        >>> similarities.round(3), indices
+        (array([[1., 0.]], dtype=float32), array([[1, 0]]))
+        """
+        check_is_fitted(self)
+        queries = None if X is None else self._query_features(X)
+        return self._search(queries, k)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """Nearest gallery items of each query, as ``NearestNeighbors.kneighbors``.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None queries the gallery against itself, and no item is its own
+            neighbour.
+        n_neighbors : int, default=None
+            Neighbours per query; ``topk`` when None, ``-1`` for all.
+        return_distance : bool, default=True
+            Whether to return the distances too.
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries, n_neighbors), float32
+            Ascending distances: ``1 - cos`` (cosine), ``||a - b||`` (euclidean), ``-a.b``
+            (dot), ``-s`` (callable). Only when ``return_distance=True``.
+        neigh_ind : ndarray of shape (n_queries, n_neighbors), int64
+            Rows of ``prototype_``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.kneighbors(n_neighbors=1)
+        (array([[1.],
+               [1.],
+               [2.]], dtype=float32), array([[1],
+               [0],
+               [1]]))
+        """
+        similarities, indices = self.search(X, n_neighbors)
+        if not return_distance:
+            return indices
+        return get_similarity(self.similarity_fn).to_distance(similarities), indices
+
+    def predict(self, X):
+        """Label of each query by a vote of its ``topk`` most similar gallery items.
+
+        Parameters
+        ----------
+        X : images or features
+            Queries.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_queries,)
+            Labels from ``classes_``; gallery indices when fitted without ``y``.
+        """
+        codes, weights = self._votes(X)
+        return self.classes_[plurality_vote(codes, weights)]
+
+    def predict_proba(self, X):
+        """Vote shares of every class among the ``topk`` neighbours.
+
+        Parameters
+        ----------
+        X : images or features
+            Queries.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_queries, n_classes)
+            Rows sum to 1; columns follow ``classes_`` (the gallery items when fitted
+            without ``y``).
+        """
+        codes, weights = self._votes(X)
+        return class_probabilities(codes, weights, len(self.classes_))
+
+    def dump_prototype(self, path):
+        """Write the gallery features, labels and ids to ``path`` (``fit`` accepts the file).
+
+        ``.pt`` (torch, loaded with ``weights_only=True``) and ``.npz`` keep labels and ids;
+        ``.npy`` holds the features alone.
+
+        Parameters
+        ----------
+        path : str or Path
+            Ends in ``.pt``, ``.npz`` or ``.npy``.
+
+        Returns
+        -------
+        path : Path
+        """
+        check_is_fitted(self)
+        path = Path(path)
+        suffix = path.suffix.lower()
+        labels, ids = _savable(self.prototype_labels_), _savable(self.prototype_ids_)
+        if suffix == ".npy":
+            np.save(path, self.prototype_)
+        elif suffix == ".npz":
+            np.savez(path, features=self.prototype_, labels=labels, ids=ids)
+        elif suffix == ".pt":
+            torch.save(
+                {"features": torch.from_numpy(self.prototype_), "labels": labels.tolist(), "ids": ids.tolist()},
+                path,
+            )
+        else:
+            raise ValueError(f"dump_prototype path must end in .pt, .npz or .npy; got {str(path)!r}.")
+        return path
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
+        return tags
+
+    def _query_features(self, X) -> np.ndarray:
+        features = self._encode_input(X, reset=False)[0]
+        if features.shape[1] != self.prototype_.shape[1]:
+            raise ValueError(
+                f"X has {features.shape[1]} features, but the gallery of {type(self).__name__} has "
+                f"{self.prototype_.shape[1]}; query with the same encoder (or feature size) as fit."
+            )
+        return features
+
+    def _search(self, queries, k):
+        exclude_self = queries is None
+        k = self._resolve_k(self.topk if k is None else k, exclude_self)
+        return topk_search(
+            self.prototype_ if exclude_self else queries,
+            self.prototype_,
+            k,
+            get_similarity(self.similarity_fn),
+            exclude_self=exclude_self,
+            working_memory=self.working_memory,
+            device=self.device_,
+        )
+
+    def _resolve_k(self, k, exclude_self: bool) -> int:
+        available = len(self.prototype_) - int(exclude_self)
+        if not isinstance(k, Integral) or isinstance(k, bool) or (k < 1 and k != -1):
+            raise ValueError(f"n_neighbors must be a positive int or -1 (all); got {k!r}.")
+        k = available if k == -1 else int(k)
+        if k > available:
+            whose = "the gallery minus the query itself" if exclude_self else "the gallery"
+            raise ValueError(
+                f"{k} neighbours requested (topk/n_neighbors), but {whose} holds only {available} "
+                f"item(s); lower topk or n_neighbors, or use -1 for all."
+            )
+        if k < 1:
+            raise ValueError("the gallery holds a single item, which has no neighbour but itself.")
+        return k
+
+    def _votes(self, X):
+        check_is_fitted(self)
+        similarities, indices = self._search(self._query_features(X), None)
+        return self._label_codes[indices], vote_weights(self.vote, similarities)
+
+
+def _savable(values: np.ndarray) -> np.ndarray:
+    """Labels or ids as a numpy array that loads without pickle."""
+    values = np.asarray(values)
+    return values.astype(str) if values.dtype == object else values

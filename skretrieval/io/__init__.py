@@ -1,0 +1,15 @@
+"""Image inputs: reading ``X``, decoding files."""
+
+from ._decode import IMAGE_SUFFIXES, list_image_files, load_image
+from ._inputs import FeatureInput, ImageInput, read_feature_file, read_input, to_unit_float
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "FeatureInput",
+    "ImageInput",
+    "list_image_files",
+    "load_image",
+    "read_feature_file",
+    "read_input",
+    "to_unit_float",
+]

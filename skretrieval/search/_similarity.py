@@ -1,0 +1,123 @@
+"""Similarity functions: how a block of scores is computed and what distance it maps to.
+
+Every similarity is "larger = more similar". ``kneighbors`` reports distances, so each
+similarity also knows its distance: cosine 1 - s, euclidean -s (= ||a - b||), dot and user
+callables -s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+SIMILARITY_NAMES = ("cosine", "cosine_similarity", "dot", "euclidean")
+
+
+class Similarity:
+    """Base class: dot-product scores on prepared vectors, distance ``-s``."""
+
+    name = "dot"
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Transform vectors once before any block is scored (e.g. L2-normalise)."""
+        return x
+
+    def block(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
+        """Scores of a block of prepared queries against a block of prepared gallery rows."""
+        return queries @ gallery.T
+
+    def to_distance(self, scores: np.ndarray) -> np.ndarray:
+        return -scores
+
+    def from_distance(self, distances: np.ndarray) -> np.ndarray:
+        return -distances
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class CosineSimilarity(Similarity):
+    name = "cosine"
+
+    def prepare(self, x):
+        return F.normalize(x, dim=1)
+
+    def to_distance(self, scores):
+        return 1.0 - scores
+
+    def from_distance(self, distances):
+        return 1.0 - distances
+
+
+class DotSimilarity(Similarity):
+    name = "dot"
+
+
+class EuclideanSimilarity(Similarity):
+    """Negative euclidean distance.
+
+    Blocks rank by ``2 a.b - ||b||^2``, which orders each query's row like ``-||a - b||``
+    without the query norm; the final winners are re-scored as ``-||a - b||`` from the
+    difference itself, so the returned values do not suffer the cancellation of the
+    expanded formula.
+    """
+
+    name = "euclidean"
+    ranks_by_proxy = True
+
+    def block(self, queries, gallery):
+        return 2.0 * (queries @ gallery.T) - (gallery * gallery).sum(dim=1)
+
+    def exact(self, queries, gallery_rows):
+        """``-||q_i - g_ij||`` for queries (n, d) and their gathered rows (n, k, d)."""
+        return -torch.linalg.vector_norm(queries[:, None, :] - gallery_rows, dim=2)
+
+
+class CallableSimilarity(Similarity):
+    """A user function ``fn(a, b) -> (n, m)`` similarities, called on torch tensors."""
+
+    name = "callable"
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def block(self, queries, gallery):
+        scores = self.fn(queries, gallery)
+        scores = torch.as_tensor(scores, dtype=torch.float32, device=queries.device)
+        expected = (queries.shape[0], gallery.shape[0])
+        if tuple(scores.shape) != expected:
+            raise ValueError(
+                f"similarity_fn {getattr(self.fn, '__name__', self.fn)!r} returned shape "
+                f"{tuple(scores.shape)} for inputs of {queries.shape[0]} and {gallery.shape[0]} "
+                f"rows; it must return (n, m) = {expected}."
+            )
+        return scores
+
+    def __repr__(self):
+        return f"CallableSimilarity({self.fn!r})"
+
+
+def get_similarity(similarity_fn) -> Similarity:
+    """The :class:`Similarity` for a ``similarity_fn`` parameter value.
+
+    Examples
+    --------
+    >>> from skretrieval.search import get_similarity
+    >>> get_similarity("cosine_similarity").name
+    'cosine'
+    """
+    if isinstance(similarity_fn, Similarity):
+        return similarity_fn
+    if callable(similarity_fn):
+        return CallableSimilarity(similarity_fn)
+    if similarity_fn in ("cosine", "cosine_similarity"):
+        return CosineSimilarity()
+    if similarity_fn == "dot":
+        return DotSimilarity()
+    if similarity_fn == "euclidean":
+        return EuclideanSimilarity()
+    raise ValueError(
+        f"similarity_fn={similarity_fn!r} is not supported; use one of {SIMILARITY_NAMES} or "
+        "a callable (a, b) -> (n, m) similarity matrix (larger = more similar)."
+    )
