@@ -48,4 +48,7 @@ def colour_images():
     return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
-TINY_PREP = {"size": 8, "crop_pct": 1.0}
+@pytest.fixture
+def tiny_prep():
+    """Preprocessing for the tiny encoder: 8x8 inputs, no crop."""
+    return {"size": 8, "crop_pct": 1.0}

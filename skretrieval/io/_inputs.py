@@ -140,8 +140,12 @@ def _read_tensor(X: torch.Tensor):
 def _read_array(X: np.ndarray):
     if X.dtype == object and X.ndim == 1:
         return _read_sequence(list(X))
-    if X.ndim <= 2 or not np.issubdtype(X.dtype, np.number):
+    if X.ndim <= 2:
         return FeatureInput(X)
+    if not np.issubdtype(X.dtype, np.number):
+        raise TypeError(
+            f"X holds images of dtype {X.dtype}; images must be integers in [0, 255] or floats in [0, 1]."
+        )
     if X.ndim == 3:
         X = X[..., None]
     if X.ndim != 4:
@@ -174,7 +178,11 @@ def _read_sequence(X):
                 yield [_item_tensor(x, f"X[{i + j}]") for j, x in enumerate(items[i : i + b])], None
 
         return ImageInput(batches, len(items), description=f"{len(items)} images", sources=items)
-    return _read_array(np.asarray(X))
+    array = np.asarray(X)
+    if array.dtype == object:
+        kinds = sorted({type(x).__name__ for x in X})
+        raise TypeError(f"X is a sequence of {', '.join(kinds)}; X must be {_ACCEPTED}.")
+    return _read_array(array)
 
 
 def _files_input(files: list[str], description: str) -> ImageInput:
