@@ -64,7 +64,7 @@ class EncoderMixin:
         return features, labels, source.ids
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # object.__getstate__ returns the live __dict__
         if isinstance(state.get("encoder_"), nn.Module):
             buffer = io.BytesIO()
             torch.save(state["encoder_"], buffer)
