@@ -12,9 +12,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
+from ._cache import FeatureCache, cache_location, encoder_fingerprint
 from ._device import resolve_device
 from ._encoding import build_encoder, encode
-from ._sklearn_compat import Interval, StrOptions, TransformerTags, _fit_context, validate_data
+from ._sklearn_compat import HasMethods, Interval, StrOptions, TransformerTags, _fit_context, validate_data
 from .io import FeatureInput, read_input
 
 ENCODER_CONSTRAINTS = {
@@ -23,6 +24,8 @@ ENCODER_CONSTRAINTS = {
     "preprocessing": [None, StrOptions({"none"}), dict, callable],
     "batch_size": [Interval(Integral, 1, None, closed="left")],
     "device": [str, torch.device],
+    "memory": [None, str, os.PathLike, HasMethods(["cache"])],
+    "cache_key": [None, str],
     "verbose": ["verbose"],
 }
 
@@ -54,6 +57,7 @@ class EncoderMixin:
         features, labels = encode(
             source, self.encoder_, self.preprocessing_,
             batch_size=self.batch_size, device=self.device_, verbose=self.verbose,
+            cache=self._feature_cache(),
         )
         bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
         if bad.size:
@@ -62,6 +66,15 @@ class EncoderMixin:
                 f"{source.description} (first: index {bad[0]}); check the encoder and the images."
             )
         return features, labels, source.ids
+
+    def _feature_cache(self) -> FeatureCache | None:
+        """The ``memory`` cache for the encoder as it is now (None when not caching)."""
+        location = cache_location(self.memory)
+        if location is None:
+            return None
+        # Hashed at every call, not once in fit: training may change the weights.
+        fingerprint = encoder_fingerprint(self.encoder_, self.preprocessing_, self.cache_key)
+        return None if fingerprint is None else FeatureCache(location, fingerprint)
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # object.__getstate__ returns the live __dict__
@@ -117,6 +130,14 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         Images encoded per forward pass.
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then MPS, then the CPU.
+    memory : str, path or joblib.Memory, default=None
+        A directory caching each image's features, keyed by the image's content and a
+        fingerprint of the encoder (class, weights, preprocessing): a clone, a re-fit, another
+        cross-validation fold or another process reuses them instead of encoding again, and
+        an interrupted job resumes where it stopped. None disables caching.
+    cache_key : str, default=None
+        Fingerprint of a plain callable encoder, which has no weights to hash; without it such
+        an encoder is not cached. Change it whenever the callable's output changes.
     verbose : int, default=0
         Show a progress bar while encoding when > 0.
 
@@ -151,6 +172,8 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         preprocessing=None,
         batch_size=32,
         device="auto",
+        memory=None,
+        cache_key=None,
         verbose=0,
     ):
         self.encoder = encoder
@@ -158,6 +181,8 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.device = device
+        self.memory = memory
+        self.cache_key = cache_key
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._cache import image_key
 from ._preprocessing import resolve_preprocessing
 from .encoders import create_encoder
 from .io import ImageInput, to_unit_float
@@ -40,24 +41,46 @@ def build_encoder(encoder, weights, preprocessing):
     )
 
 
-def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, verbose=0):
+def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, verbose=0, cache=None):
     """Encode every image: returns ``(features float32 (n, d), labels or None)``.
 
-    Labels are those the source yields itself (a Dataset of ``(image, label)`` pairs).
+    Labels are those the source yields itself (a Dataset of ``(image, label)`` pairs). With a
+    :class:`~skretrieval._cache.FeatureCache`, only images it does not hold are encoded, and
+    each batch is stored as soon as it is encoded.
     """
     features, labels = [], []
     progress = _progress(images, verbose)
     with torch.inference_mode():
         for batch, batch_labels in images.batches(batch_size):
-            inputs = _preprocess_batch(batch, preprocess, device)
-            features.append(_as_features(encoder(inputs)))
+            if cache is None:
+                batch_features = _encode_batch(batch, encoder, preprocess, device)
+            else:
+                batch_features = _encode_batch_cached(batch, encoder, preprocess, device, cache)
+            features.append(batch_features)
             labels.append(batch_labels)
-            progress.update(len(inputs))
+            progress.update(len(batch_features))
     progress.close()
     if not features:
         raise ValueError(f"{images.description} yielded no image; X must hold at least one sample.")
     all_labels = None if any(lab is None for lab in labels) else np.concatenate(labels)
     return np.concatenate(features), all_labels
+
+
+def _encode_batch(batch, encoder, preprocess, device) -> np.ndarray:
+    return _as_features(encoder(_preprocess_batch(batch, preprocess, device)))
+
+
+def _encode_batch_cached(batch, encoder, preprocess, device, cache) -> np.ndarray:
+    keys = [image_key(image) for image in batch]
+    found = cache.get_many(keys)
+    missing = [i for i, vector in enumerate(found) if vector is None]
+    if missing:
+        subset = batch[missing] if isinstance(batch, torch.Tensor) else [batch[i] for i in missing]
+        encoded = _encode_batch(subset, encoder, preprocess, device)
+        cache.put_many([keys[i] for i in missing], encoded)
+        for i, vector in zip(missing, encoded):
+            found[i] = vector
+    return np.stack(found).astype(np.float32, copy=False)
 
 
 def _preprocess_batch(batch, preprocess, device) -> torch.Tensor:

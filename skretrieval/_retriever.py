@@ -58,6 +58,14 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         Images encoded per forward pass.
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then MPS, then the CPU; encoding and search run there.
+    memory : str, path or joblib.Memory, default=None
+        A directory caching each image's features, keyed by the image's content and a
+        fingerprint of the encoder (class, weights, preprocessing): GridSearchCV folds and
+        candidates, clones, re-fits and other processes reuse them instead of encoding again,
+        and an interrupted fit resumes where it stopped. None disables caching.
+    cache_key : str, default=None
+        Fingerprint of a plain callable encoder, which has no weights to hash; without it such
+        an encoder is not cached. Change it whenever the callable's output changes.
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
@@ -120,6 +128,8 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         vote="uniform",
         batch_size=32,
         device="auto",
+        memory=None,
+        cache_key=None,
         working_memory=None,
         head=None,
         verbose=0,
@@ -132,6 +142,8 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         self.vote = vote
         self.batch_size = batch_size
         self.device = device
+        self.memory = memory
+        self.cache_key = cache_key
         self.working_memory = working_memory
         self.head = head
         self.verbose = verbose
