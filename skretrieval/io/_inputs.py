@@ -290,7 +290,7 @@ def _check_channels(channels: int, what: str) -> None:
 
 def _check_range(x, what: str) -> None:
     """Integer images lie in [0, 255], float images in [0, 1]."""
-    t = torch.as_tensor(x)
+    t = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x)
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{what} has dtype {t.dtype}; images must be integers in [0, 255] or floats in [0, 1].")
     if t.numel() == 0:
