@@ -15,7 +15,14 @@ from torch import nn
 from ._cache import FeatureCache, cache_location, encoder_fingerprint
 from ._device import resolve_device
 from ._encoding import build_encoder, encode
-from ._sklearn_compat import HasMethods, Interval, StrOptions, TransformerTags, _fit_context, validate_data
+from ._sklearn_compat import (
+    HasMethods,
+    Interval,
+    StrOptions,
+    TransformerTags,
+    _fit_context,
+    validate_data,
+)
 from .io import FeatureInput, read_input
 
 ENCODER_CONSTRAINTS = {

@@ -17,7 +17,6 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import validate_data
 
 __all__ = [
-    "_fit_context",
     "ClassifierTags",
     "HasMethods",
     "Interval",
@@ -27,6 +26,7 @@ __all__ = [
     "Tags",
     "TargetTags",
     "TransformerTags",
+    "_fit_context",
     "validate_data",
     "validate_params",
 ]

@@ -8,10 +8,10 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from helpers import CallCounter, TinyEncoder
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from helpers import CallCounter, TinyEncoder
 from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval._cache import FeatureCache, encoder_fingerprint
 

@@ -4,14 +4,13 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from helpers import CallCounter, TinyEncoder
 from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
 from skretrieval import ImageEncoder, ImageRetriever
-
-from helpers import CallCounter, TinyEncoder
 
 
 def test_pipeline_encoder_pca_retriever(tiny_encoder, tiny_prep, colour_images):

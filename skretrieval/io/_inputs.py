@@ -18,9 +18,9 @@ three channels and an alpha channel is dropped.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp

@@ -9,7 +9,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval.io import read_input
 
-
 TINY_PREP = {"size": 8, "crop_pct": 1.0}
 
 
