@@ -15,9 +15,10 @@ from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from ._vote import class_probabilities, plurality_vote, vote_weights
 from .search import SIMILARITY_NAMES, get_similarity, topk_search
+from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
-class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
+class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator):
     """Image-to-image retrieval: a gallery of encoded images searched by similarity.
 
     ``fit`` encodes the gallery (the "prototype"); ``kneighbors``/``search`` return the most
@@ -69,8 +70,62 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
-    head : None, default=None
-        Reserved for fine-tuning a projection head in ``fit`` (not available yet).
+    head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or None, default=None
+        Fine-tune in ``fit`` (needs ``y`` with at least 2 classes). A projection maps encoder
+        features to an embedding trained with this loss; retrieval, ``transform`` and
+        ``prototype_`` then use the embedding, never classifier logits. ``"linear"``: softmax
+        cross-entropy of a linear classifier; ``"arcface"``: additive angular margin
+        (options ``margin``, ``scale``, ``subcenters``); ``"triplet"``: batch-hard triplet
+        (``margin``); ``"supcon"``: supervised contrastive (``temperature``). A module or
+        callable ``head(embeddings, labels) -> loss`` (labels are class codes) is used as
+        given (copied). None: no training, the encoder's features are the embedding.
+    head_params : dict, default=None
+        Options of a named head, e.g. ``{"margin": 0.5, "scale": 30, "subcenters": 1}``
+        (see :mod:`skretrieval.losses`); grid-search it as a list of dicts.
+    embedding_dim : int, default=None
+        Width of the learned embedding; None keeps the encoder's (the projection then
+        starts as the identity).
+    fine_tune : {"head", "all"}, default="head"
+        ``"head"``: the encoder stays frozen; the gallery is encoded once and the projection
+        and head train on those cached features. ``"all"``: the encoder trains too (at
+        ``lr * backbone_lr_scale``, BatchNorm in training mode), images are re-encoded every
+        epoch with ``train_transform``; they are held decoded in memory during ``fit``.
+    batch_augments : {"mixup", "cutmix"}, list, dict or None, default=None
+        Mix pairs of training samples; one augment of a list is drawn per batch; a dict maps
+        names to the Beta ``alpha`` (defaults 0.8 for Mixup, 1.0 for CutMix). Labels are mixed
+        as ``lam * loss(y) + (1 - lam) * loss(y_b)``, which ``"linear"`` and ``"arcface"``
+        support (pair-based heads raise). With ``fine_tune="head"`` Mixup mixes features;
+        CutMix needs ``fine_tune="all"``.
+    train_transform : "crop", callable or None, default="crop"
+        Train-time image augmentation with ``fine_tune="all"``: ``"crop"`` is a random resized
+        crop (area 60-100%) of the preprocessed image; a callable gets ``(batch, rng)``.
+    max_epochs : int, default=10
+        Training epochs (fewer when early stopping).
+    lr : float, default=1e-3
+        AdamW learning rate of the projection and head.
+    weight_decay : float, default=1e-4
+        AdamW weight decay.
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Learning-rate decay per step after a linear warm-up.
+    warmup_epochs : float, default=1.0
+        Length of the warm-up.
+    backbone_lr_scale : float, default=0.1
+        With ``fine_tune="all"``, the encoder learns at ``lr * backbone_lr_scale``.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the gallery (stratified), score Recall@1 of those
+        items against the rest after every epoch, stop after ``n_iter_no_change`` epochs
+        without an improvement of ``tol``, and keep the best epoch's weights.
+    validation_fraction : float, default=0.1
+        Held-out share for early stopping.
+    n_iter_no_change : int, default=5
+        Epochs without improvement before stopping.
+    tol : float, default=1e-4
+        Minimum Recall@1 improvement.
+    random_state : int, RandomState or None, default=None
+        Seeds initialisation, shuffling, splits and augments; an int gives bit-identical
+        embeddings on the CPU.
+    warm_start : bool, default=False
+        A second ``fit`` continues training the previous projection, head (and encoder).
     verbose : int, default=0
         Show a progress bar while encoding when > 0.
 
@@ -94,6 +149,20 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         Where encoding and search run.
     n_features_in_ : int
         Feature count, when ``fit`` was given features.
+    projection_ : nn.Module or None
+        The trained projection (on the CPU); None without a head.
+    head_ : nn.Module or callable
+        The trained loss head (with a head).
+    loss_curve_ : list of float
+        Mean training loss per epoch (with a head).
+    validation_scores_ : list of float or None
+        Validation Recall@1 per epoch with early stopping, else None.
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``.
+    n_iter_ : int
+        Epochs trained (with a head).
+    history_ : History
+        One dict per epoch: ``epoch``, ``loss``, ``lr``, ``dur`` (and ``valid_score``).
 
     Examples
     --------
@@ -114,7 +183,7 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         "topk": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
         "vote": [StrOptions({"uniform", "similarity"}), callable],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
-        "head": [None],
+        **TRAINING_CONSTRAINTS,
     }
 
     def __init__(
@@ -132,6 +201,23 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         cache_key=None,
         working_memory=None,
         head=None,
+        head_params=None,
+        embedding_dim=None,
+        fine_tune="head",
+        batch_augments=None,
+        train_transform="crop",
+        max_epochs=10,
+        lr=1e-3,
+        weight_decay=1e-4,
+        lr_schedule="cosine",
+        warmup_epochs=1.0,
+        backbone_lr_scale=0.1,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        tol=1e-4,
+        random_state=None,
+        warm_start=False,
         verbose=0,
     ):
         self.encoder = encoder
@@ -146,6 +232,23 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         self.cache_key = cache_key
         self.working_memory = working_memory
         self.head = head
+        self.head_params = head_params
+        self.embedding_dim = embedding_dim
+        self.fine_tune = fine_tune
+        self.batch_augments = batch_augments
+        self.train_transform = train_transform
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.backbone_lr_scale = backbone_lr_scale
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.random_state = random_state
+        self.warm_start = warm_start
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -168,7 +271,11 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         -------
         self : ImageRetriever
         """
-        self._fit_encoder()
+        warm = self._check_training()
+        if not warm:
+            self._fit_encoder()
+        if self.head is not None and self.fine_tune == "all":
+            self._fit_embedding_images(X, y, warm)  # trains encoder_ and projection_
         features, labels, ids = self._encode_input(X, reset=True)
         n = len(features)
         if y is not None:
@@ -176,9 +283,10 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
             if len(labels) != n:
                 raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
             check_classification_targets(labels)
-        elif labels is None:
+        self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
+        if labels is None:
             labels = np.arange(n)
-        self.prototype_ = features
+        self.prototype_ = self._embed(features)
         self.prototype_labels_ = np.asarray(labels)
         self.prototype_ids_ = np.asarray(ids) if ids is not None else np.arange(n)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
@@ -357,7 +465,7 @@ class ImageRetriever(EncoderMixin, ClassifierMixin, BaseEstimator):
         return tags
 
     def _query_features(self, X) -> np.ndarray:
-        features = self._encode_input(X, reset=False)[0]
+        features = self._embed(self._encode_input(X, reset=False)[0])
         if features.shape[1] != self.prototype_.shape[1]:
             raise ValueError(
                 f"X has {features.shape[1]} features, but the gallery of {type(self).__name__} has "
