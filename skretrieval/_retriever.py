@@ -127,7 +127,8 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     warm_start : bool, default=False
         A second ``fit`` continues training the previous projection, head (and encoder).
     verbose : int, default=0
-        Show a progress bar while encoding when > 0.
+        Show a progress bar while encoding, and the loss (and validation score) of every
+        training epoch, when > 0.
 
     Attributes
     ----------

@@ -32,6 +32,9 @@ class CachedFeatures:
     def modules(self) -> list:
         return []
 
+    def train(self, mode: bool) -> None:
+        """Nothing to switch: the backbone is not part of training."""
+
 
 class Images:
     """``fine_tune="all"``: decoded images, preprocessed, augmented and encoded per batch.
@@ -75,6 +78,21 @@ class Images:
 
     def modules(self) -> list:
         return [self.encoder]
+
+    def train(self, mode: bool) -> None:
+        """Training mode for the encoder, except BatchNorm, which keeps its running statistics.
+
+        Batch statistics of small fine-tuning batches differ from the pretrained running
+        statistics (which, with a small momentum, barely move in a few epochs), so training in
+        BatchNorm's training mode and evaluating in its evaluation mode would see two different
+        networks. Frozen statistics keep them one network; BatchNorm's affine weights still
+        train.
+        """
+        self.encoder.train(mode)
+        if mode:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
 
 def load_images(source, batch_size: int):

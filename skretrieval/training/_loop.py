@@ -170,9 +170,10 @@ class Trainer:
         return np.sort(train_idx), np.sort(valid_idx)
 
     def set_train(self, mode: bool) -> None:
-        for module in [self.projection, self.head, *self.data.modules()]:
+        for module in [self.projection, self.head]:
             if isinstance(module, nn.Module):
                 module.train(mode)
+        self.data.train(mode)
 
     def state_dict(self) -> list:
         modules = [self.projection, self.head, *self.data.modules()]

@@ -122,8 +122,8 @@ class FineTuneMixin:
         classes, codes = np.unique(labels, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(
-                f"head={self.head!r} needs at least 2 classes in y to learn an embedding; got only "
-                f"{classes.tolist()}. Give labels of several classes, or set head=None."
+                f"head={self.head!r} needs at least 2 classes in y to learn an embedding; got 1 class "
+                f"({classes.tolist()}). Give labels of several classes, or set head=None."
             )
         if warm and not np.array_equal(classes, getattr(self, "classes_", classes)):
             raise ValueError(
