@@ -88,8 +88,9 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     fine_tune : {"head", "all"}, default="head"
         ``"head"``: the encoder stays frozen; the gallery is encoded once and the projection
         and head train on those cached features. ``"all"``: the encoder trains too (at
-        ``lr * backbone_lr_scale``, BatchNorm in training mode), images are re-encoded every
-        epoch with ``train_transform``; they are held decoded in memory during ``fit``.
+        ``lr * backbone_lr_scale``; BatchNorm layers keep their running statistics while
+        their affine weights train), images are re-encoded every epoch with
+        ``train_transform``; they are held decoded in memory during ``fit``.
     batch_augments : {"mixup", "cutmix"}, list, dict or None, default=None
         Mix pairs of training samples; one augment of a list is drawn per batch; a dict maps
         names to the Beta ``alpha`` (defaults 0.8 for Mixup, 1.0 for CutMix). Labels are mixed

@@ -19,6 +19,16 @@ class BaseLoss(nn.Module):
         Whether a batch whose samples are a ``lam : 1 - lam`` mix of two samples may be
         scored as ``lam * loss(labels) + (1 - lam) * loss(labels_b)`` (true for classifier
         losses; false for pair-based losses, where a mixed sample has no single class).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skretrieval.losses import BaseLoss
+    >>> class CentreDistance(BaseLoss):
+    ...     def compute_loss(self, embeddings, labels):
+    ...         return embeddings.norm(dim=1)
+    >>> CentreDistance()(torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([0, 1])).item()
+    3.0
     """
 
     supports_mixed_labels = False

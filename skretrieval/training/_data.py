@@ -13,6 +13,14 @@ class CachedFeatures:
     """``fine_tune="head"``: the gallery was encoded once; a batch is rows of its features.
 
     The backbone is never called during training.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval.training import CachedFeatures
+    >>> CachedFeatures(np.eye(3), "cpu").inputs([2, 0], train=True)
+    tensor([[0., 0., 1.],
+            [1., 0., 0.]])
     """
 
     has_images = False
@@ -49,6 +57,16 @@ class Images:
         The encoder's preprocessing (resize, normalise).
     transform : callable or None
         Train-time augmentation ``(x, rng) -> x`` applied after preprocessing.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skretrieval import Preprocessing
+    >>> from skretrieval.training import Images
+    >>> encoder = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    >>> data = Images(torch.rand(4, 3, 6, 6), encoder, Preprocessing(size=8), None, "cpu")
+    >>> data.backbone(data.inputs([0, 3], train=False)).shape
+    torch.Size([2, 3])
     """
 
     has_images = True

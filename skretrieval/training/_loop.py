@@ -51,6 +51,23 @@ class Trainer:
     rng : numpy.random.Generator
         Drives shuffling, the validation split and the batch augments.
     device : torch.device
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from skretrieval.heads import Projection
+    >>> from skretrieval.losses import ArcFaceLoss
+    >>> from skretrieval.search import get_similarity
+    >>> from skretrieval.training import CachedFeatures, History, Trainer, TrainingConfig
+    >>> _ = torch.manual_seed(0)
+    >>> features, codes = np.random.default_rng(0).random((40, 6), dtype=np.float32), np.arange(40) % 2
+    >>> trainer = Trainer(
+    ...     CachedFeatures(features, "cpu"), Projection(6, 4), ArcFaceLoss(4, 2),
+    ...     TrainingConfig(max_epochs=3, batch_size=8), similarity=get_similarity("cosine"),
+    ...     rng=np.random.default_rng(0), device=torch.device("cpu"),
+    ... )
+    >>> len(trainer.fit_loop(codes, History()))
+    3
     """
 
     def __init__(self, data, projection, head, config: TrainingConfig, *, similarity, rng, device):

@@ -50,6 +50,18 @@ class FineTuneMixin:
 
     Expects the estimator to have ``encoder_``, ``preprocessing_``, ``device_`` (from
     ``EncoderMixin``) and the parameters in :data:`TRAINING_CONSTRAINTS`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval import ImageRetriever
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.arange(30) % 3
+    >>> X = rng.normal(size=(30, 5)) + 3 * np.eye(5)[y]
+    >>> retriever = ImageRetriever("precomputed", head="arcface", embedding_dim=4, max_epochs=2,
+    ...                            random_state=0).fit(X, y)
+    >>> retriever.prototype_.shape, retriever.n_iter_
+    ((30, 4), 2)
     """
 
     def _check_training(self) -> bool:
@@ -64,8 +76,14 @@ class FineTuneMixin:
                 raise ValueError(f"head_params {unknown} are not options of head={self.head!r}; accepted: {accepted}.")
             if self.batch_augments:
                 check_mixing(_losses()[self.head], True)
-        elif self.batch_augments:
-            check_mixing(self.head, True)
+        else:
+            if self.head_params:
+                raise ValueError(
+                    f"head_params={self.head_params!r} only applies to a named head; configure your "
+                    f"own head ({type(self.head).__name__}) directly."
+                )
+            if self.batch_augments:
+                check_mixing(self.head, True)
         if self.fine_tune == "all" and (isinstance(self.encoder, str) and self.encoder == "precomputed"):
             raise ValueError(
                 "fine_tune='all' trains the encoder, but encoder='precomputed' has none; use "

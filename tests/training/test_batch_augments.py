@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from skretrieval.training import CutMix, Mixup, build_batch_augments
+from skretrieval.training import CutMix, Mixup
+from skretrieval.training._batch_augments import build_batch_augments
 
 
 def test_mixup_known_lambda():
