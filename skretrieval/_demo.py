@@ -44,6 +44,7 @@ def run_demo(encoder="efficientnet_lite0", *, image_size=None, topk=5, batch_siz
         ``recall@1``, ``recall@5``, ``knn_accuracy`` and ``seconds``.
     """
     from . import ImageRetriever
+    from ._device import resolve_device
     from .metrics import recall_at_k
 
     start = time.perf_counter()
@@ -54,7 +55,7 @@ def run_demo(encoder="efficientnet_lite0", *, image_size=None, topk=5, batch_siz
         verbose=verbose,
     )
     if verbose:
-        print(f"Encoding {len(X_gallery)} gallery digits with {encoder!r} on {retriever.device} ...")
+        print(f"Encoding {len(X_gallery)} gallery digits with {encoder!r} on {resolve_device(device)} ...")
     retriever.fit(X_gallery, y_gallery)
     query_features = retriever.transform(X_query)
     ranked = retriever.kneighbors(query_features, n_neighbors=5, return_distance=False)
