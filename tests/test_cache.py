@@ -128,3 +128,21 @@ def test_memory_parameter_forms(tmp_path, memory, tiny_prep, colour_images):
     retriever = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, memory=value, device="cpu")
     assert retriever.fit(images, labels).score(images, labels) == 1.0
     assert torch.is_tensor(torch.as_tensor(retriever.prototype_))
+
+
+def test_pipeline_with_an_encoder_step_encodes_each_image_once(tmp_path, tiny_prep, colour_images):
+    from sklearn.pipeline import Pipeline
+
+    images, labels = colour_images
+    counter = CallCounter()
+    pipe = Pipeline(
+        [
+            ("encode", ImageEncoder(TinyEncoder(counter), preprocessing=tiny_prep, memory=tmp_path / "features", device="cpu")),
+            ("retrieve", ImageRetriever("precomputed", device="cpu")),
+        ],
+        memory=str(tmp_path / "pipeline"),
+    )
+    grid = GridSearchCV(pipe, {"retrieve__topk": [1, 3], "retrieve__similarity_fn": ["cosine", "dot"]}, cv=3)
+    grid.fit(images, labels)
+    assert counter.images == len(images)
+    assert grid.best_score_ == 1.0
