@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 
 def load_digit_split(random_state: int = 0):
     """scikit-learn's bundled digits as [0, 1] images, split 75/25 stratified.
@@ -45,7 +43,7 @@ def run_demo(encoder="efficientnet_lite0", *, image_size=None, topk=5, batch_siz
     """
     from . import ImageRetriever
     from ._device import resolve_device
-    from .metrics import recall_at_k
+    from .metrics import retrieval_report
 
     start = time.perf_counter()
     X_gallery, X_query, y_gallery, y_query = load_digit_split()
@@ -57,17 +55,12 @@ def run_demo(encoder="efficientnet_lite0", *, image_size=None, topk=5, batch_siz
     if verbose:
         print(f"Encoding {len(X_gallery)} gallery digits with {encoder!r} on {resolve_device(device)} ...")
     retriever.fit(X_gallery, y_gallery)
-    query_features = retriever.transform(X_query)
-    ranked = retriever.kneighbors(query_features, n_neighbors=5, return_distance=False)
-    recall_1, recall_5 = recall_at_k(
-        query_labels=y_query, gallery_labels=retriever.prototype_labels_, ranked_indices=ranked, k=(1, 5)
+    query_features = retriever.transform(X_query)  # encode once; every metric reuses them
+    results = retrieval_report(
+        retriever, query_features, y_query, ["recall@1", "recall@5", "accuracy"], output_dict=True
     )
-    results = {
-        "recall@1": float(recall_1),
-        "recall@5": float(recall_5),
-        "knn_accuracy": float(np.mean(retriever.predict(query_features) == y_query)),
-        "seconds": time.perf_counter() - start,
-    }
+    results = {"recall@1": results["recall@1"], "recall@5": results["recall@5"],
+               "knn_accuracy": results["accuracy"], "seconds": time.perf_counter() - start}
     if verbose:
         print(
             f"load_digits: gallery {len(X_gallery)} (train split), queries {len(X_query)} "
