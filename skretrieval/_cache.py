@@ -46,7 +46,7 @@ def encoder_fingerprint(encoder, preprocessing, cache_key=None) -> str | None:
         for name, tensor in encoder.state_dict().items():
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     else:
         return None
     digest.update(repr(preprocessing).encode())

@@ -65,6 +65,10 @@ def test_fingerprint_depends_on_class_and_not_on_copies():
     prep = "prep"
     assert encoder_fingerprint(encoder, prep) == encoder_fingerprint(clone(ImageEncoder(encoder)).encoder, prep)
     assert encoder_fingerprint(encoder, prep) != encoder_fingerprint(OtherEncoder(), prep)
+    batchnorm = torch.nn.BatchNorm2d(3)  # holds a 0-d num_batches_tracked tensor
+    before = encoder_fingerprint(batchnorm, prep)
+    batchnorm.running_mean += 1
+    assert encoder_fingerprint(batchnorm, prep) != before
 
 
 def test_plain_callables_need_a_cache_key(tmp_path, colour_images):
