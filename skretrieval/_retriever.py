@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
@@ -14,6 +16,8 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from ._vote import class_probabilities, plurality_vote, vote_weights
+from .io import to_unit_float
+from .io._inputs import _item_tensor
 from .search import SIMILARITY_NAMES, get_similarity, topk_search
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
@@ -292,6 +296,8 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.prototype_labels_ = np.asarray(labels)
         self.prototype_ids_ = np.asarray(ids) if ids is not None else np.arange(n)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        # Where each gallery image came from, by reference (paths are in prototype_ids_).
+        self._gallery_source = X.dataset if isinstance(X, torch.utils.data.DataLoader) else X
         return self
 
     def fit_transform(self, X, y=None):
@@ -508,8 +514,37 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         similarities, indices = self._search(self._query_features(X), None)
         return self._label_codes[indices], vote_weights(self.vote, similarities)
 
+    def _gallery_image(self, i: int) -> np.ndarray:
+        """Gallery item ``i`` as an ``(H, W, 3)`` float array in [0, 1], read from its source.
+
+        Files are read from the path in ``prototype_ids_``; other images from what ``fit``
+        was given (kept by reference, never copied).
+        """
+        check_is_fitted(self)
+        where = f"gallery item {i}"
+        path = self.prototype_ids_[i]
+        if isinstance(path, str):
+            return _image_array(path, where)
+        item = getattr(self, "_gallery_source", None)
+        if item is not None and not isinstance(item, (str, os.PathLike)) and not sp.issparse(item):
+            item = item[i]
+            if isinstance(item, (tuple, list)) and len(item) == 2:  # a Dataset's (image, label)
+                item = item[0]
+        if np.ndim(item) < 2 and not hasattr(item, "getpixel"):  # not an image (PIL has no ndim)
+            raise ValueError(
+                f"{type(self).__name__} was fitted on features, not images, so gallery item {i} "
+                "has no image to show; fit it on images or paths, or pass the gallery images "
+                "yourself (e.g. RetrievalDisplay.from_predictions)."
+            )
+        return _image_array(item, where)
+
 
 def _savable(values: np.ndarray) -> np.ndarray:
     """Labels or ids as a numpy array that loads without pickle."""
     values = np.asarray(values)
     return values.astype(str) if values.dtype == object else values
+
+
+def _image_array(item, where: str) -> np.ndarray:
+    """One image (path, PIL, array, tensor) as an ``(H, W, 3)`` float32 array in [0, 1]."""
+    return to_unit_float(_item_tensor(item, where)).permute(1, 2, 0).numpy()
