@@ -1,9 +1,24 @@
-"""The ``skretrieval`` command line: a thin argparse front end over the public API."""
+"""The ``skretrieval`` command line: a thin argparse front end over the public API.
+
+Commands: ``demo``, ``index`` (encode a folder into a model file), ``search`` (query it),
+``evaluate`` (retrieval metrics of labelled queries) and ``duplicates`` (near-identical
+images in a folder). Results go to stdout, progress and errors to stderr. Exit codes: 0
+success, 1 failure (missing file, unreadable image, ...), 2 usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+_USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
+
+
+class _UsageError(Exception):
+    """A wrong combination of options: exit code 2."""
 
 
 def _demo(args) -> int:
@@ -16,9 +31,202 @@ def _demo(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------
+# index / search / evaluate / duplicates
+
+
+def _image_files(paths) -> list[str]:
+    """Image files of the given files and folders (folders recursively, sorted)."""
+    from .io import list_image_files
+
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += list_image_files(path)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise FileNotFoundError(f"{str(path)!r} does not exist; give image files or folders.")
+    return [str(Path(f).resolve()) for f in files]
+
+
+def _folder_labels(files) -> list[str]:
+    """The parent folder name of each file."""
+    return [Path(f).parent.name for f in files]
+
+
+def _retriever(args):
+    from . import ImageRetriever
+
+    weights = None if args.weights.lower() == "none" else args.weights
+    preprocessing = None if args.image_size is None else {"size": args.image_size}
+    return ImageRetriever(
+        args.encoder, weights=weights, preprocessing=preprocessing, batch_size=args.batch_size,
+        device=args.device, verbose=1,
+    )
+
+
+def _fit(args, directory):
+    """Fit a retriever on every image below ``directory``; report the encoding speed."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"{directory!r} is not a folder; give a folder of images.")
+    files = _image_files([directory])
+    labels = _folder_labels(files) if getattr(args, "labels_from_folders", False) else None
+    retriever = _retriever(args)
+    start = time.perf_counter()
+    retriever.fit(files, labels)
+    seconds = time.perf_counter() - start
+    print(
+        f"encoded {len(files)} images with {args.encoder!r} on {retriever.device_} in "
+        f"{seconds:.1f} s ({len(files) / seconds:.1f} images/s)",
+        file=sys.stderr,
+    )
+    return retriever, files
+
+
+def _save_model(retriever, path) -> None:
+    retriever.save(path)
+
+
+def _load_model(path):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist; create it with `skretrieval index`.")
+    return _read_model(path)
+
+
+def _read_model(path):
+    from . import load
+
+    return load(path)
+
+
+def _index(args) -> int:
+    retriever, files = _fit(args, args.gallery_dir)
+    _save_model(retriever, args.output)
+    labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"
+    print(f"indexed {len(files)} images ({retriever.prototype_.shape[1]}-d{labels}) -> {args.output}")
+    return 0
+
+
+def _has_labels(retriever) -> bool:
+    import numpy as np
+
+    labels = retriever.prototype_labels_
+    return not np.array_equal(labels, np.arange(len(labels)))
+
+
+def _search(args) -> int:
+    retriever = _load_model(args.model)
+    files = _image_files(args.queries)
+    retriever.set_params(verbose=int(len(files) > 1))
+    similarities, indices = retriever.search(files, k=args.k)
+    labelled = _has_labels(retriever)
+    for query, scores, rows in zip(files, similarities, indices):
+        matches = [
+            {
+                "rank": rank,
+                "path": str(retriever.prototype_ids_[i]),
+                "score": round(float(score), 6),
+                "label": _plain(retriever.prototype_labels_[i]) if labelled else None,
+            }
+            for rank, (score, i) in enumerate(zip(scores, rows), start=1)
+        ]
+        if args.json:
+            print(json.dumps({"query": query, "matches": matches}))
+        else:
+            print(f"query: {query}")
+            print(f"  {'rank':>4}  {'score':>8}  {'label':<12}  path")
+            for m in matches:
+                label = "-" if m["label"] is None else str(m["label"])
+                print(f"  {m['rank']:>4}  {m['score']:>8.4f}  {label:<12}  {m['path']}")
+    if args.plot:
+        _plot(retriever, files, args.k, args.plot)
+    return 0
+
+
+def _plain(value):
+    """A numpy scalar as a JSON-ready Python value."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _plot(retriever, files, k, path) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "--plot needs matplotlib; install it with `pip install skretrieval[plot]`."
+        ) from None
+    matplotlib.use("Agg")
+    from .plotting import RetrievalDisplay
+
+    display = RetrievalDisplay.from_estimator(retriever, files, topk=k)
+    display.figure_.savefig(path, dpi=100, bbox_inches="tight")
+    print(f"plot written to {path}", file=sys.stderr)
+
+
+def _evaluate(args) -> int:
+    from .metrics import get_scorer, retrieval_report
+
+    if not args.labels_from_folders:
+        raise _UsageError("evaluate needs the query labels: pass --labels-from-folders.")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for name in metrics:
+        if name != "accuracy":
+            get_scorer(name)  # an unknown name fails before any encoding
+    retriever = _load_model(args.model)
+    if not _has_labels(retriever):
+        raise ValueError(
+            f"model {args.model!r} was indexed without labels; re-run `skretrieval index` with "
+            "--labels-from-folders to evaluate it."
+        )
+    if not Path(args.query_dir).is_dir():
+        raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
+    files = _image_files([args.query_dir])
+    features = retriever.transform(files)  # encoded once; every metric reuses them
+    report = retrieval_report(retriever, features, _folder_labels(files), metrics, output_dict=args.json)
+    print(json.dumps(report) if args.json else report)
+    return 0
+
+
+def _duplicates(args) -> int:
+    retriever, files = _fit(args, args.directory)
+    pairs = retriever.find_duplicates(min_similarity=args.threshold)
+    n = 0
+    for i, j, similarity in _pairs(pairs):
+        print(f"{similarity:.4f}  {files[i]}  {files[j]}")
+        n += 1
+    print(f"{n} duplicate pair(s) with similarity >= {args.threshold}", file=sys.stderr)
+    return 0
+
+
+def _pairs(result):
+    """``(i, j, similarity)`` rows of what ``find_duplicates`` returns."""
+    if isinstance(result, tuple) and len(result) == 2:  # (pairs (n, 2), similarities (n,))
+        for (i, j), s in zip(*result):
+            yield int(i), int(j), float(s)
+    else:
+        for i, j, s in result:
+            yield int(i), int(j), float(s)
+
+
+# ------------------------------------------------------------------------------------------
+# the parser
+
+
+def _encoder_options(parser) -> None:
+    parser.add_argument("--encoder", default="efficientnet_lite0", help="encoder name (default: %(default)s)")
+    parser.add_argument(
+        "--weights", default="DEFAULT",
+        help="DEFAULT, a torchvision weights name, a state-dict path, or none (default: %(default)s)",
+    )
+    parser.add_argument("--image-size", type=int, default=None, help="input size (default: the encoder's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skretrieval", description="Image-to-image retrieval.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="Retrieve scikit-learn's digits with the pretrained default encoder (offline).",
         description="Fit on the digits train split, query with the test split, print Recall@1/5 "
@@ -30,18 +238,85 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=64, help="default: %(default)s")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     demo.set_defaults(handler=_demo)
+
+    index = commands.add_parser(
+        "index", help="Encode a folder of images into a model file.",
+        description="Encode every image below GALLERY_DIR (recursively: jpg, png, webp, bmp, tiff, "
+        "...) and write the fitted retriever to a model file.",
+    )
+    index.add_argument("gallery_dir", metavar="GALLERY_DIR", help="folder of gallery images")
+    index.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write, e.g. model.skr")
+    index.add_argument(
+        "--labels-from-folders", action="store_true",
+        help="label each image by the name of its parent folder",
+    )
+    _encoder_options(index)
+    index.set_defaults(handler=_index)
+
+    search = commands.add_parser(
+        "search", help="Find the gallery images most similar to query images.",
+        description="Print the k best matches of each query: rank, similarity, label, path.",
+    )
+    search.add_argument("model", metavar="MODEL", help="model file written by `skretrieval index`")
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="query image files or folders")
+    search.add_argument("-k", type=int, default=5, help="matches per query (default: %(default)s)")
+    search.add_argument("--json", action="store_true", help="one JSON object per query (JSON lines)")
+    search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
+    search.set_defaults(handler=_search)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="Retrieval metrics of labelled query images.",
+        description="Query the model with every image below QUERY_DIR and report retrieval metrics; "
+        "a match is relevant when its label equals the query's.",
+    )
+    evaluate.add_argument("model", metavar="MODEL", help="model file written by `skretrieval index --labels-from-folders`")
+    evaluate.add_argument("query_dir", metavar="QUERY_DIR", help="folder of query images")
+    evaluate.add_argument(
+        "--labels-from-folders", action="store_true",
+        help="label each query by the name of its parent folder (required)",
+    )
+    evaluate.add_argument(
+        "--metrics", default="recall@1,recall@5,map@10",
+        help="comma-separated names of skretrieval.metrics.get_scorer, or accuracy (default: %(default)s)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print a JSON object")
+    evaluate.set_defaults(handler=_evaluate)
+
+    duplicates = commands.add_parser(
+        "duplicates", help="Find near-identical images in a folder.",
+        description="Encode every image below DIR and print the pairs whose similarity reaches the "
+        "threshold: similarity, path, path.",
+    )
+    duplicates.add_argument("directory", metavar="DIR", help="folder of images")
+    duplicates.add_argument(
+        "--threshold", type=float, default=0.95, help="minimum cosine similarity (default: %(default)s)"
+    )
+    _encoder_options(duplicates)
+    duplicates.set_defaults(handler=_duplicates)
     return parser
 
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (0 success, 1 failure, 2 usage error)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return 0 if exc.code is None else int(exc.code)
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+    except _UsageError as exc:
         print(f"skretrieval {args.command}: error: {exc}", file=sys.stderr)
-        print("hint: run with --help to see the accepted options.", file=sys.stderr)
+        print(f"hint: see `skretrieval {args.command} --help`.", file=sys.stderr)
+        return 2
+    except _USER_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"skretrieval {args.command}: error: {message}", file=sys.stderr)
+        print(f"hint: see `skretrieval {args.command} --help` for the accepted options.", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"skretrieval {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""The command line, through ``main([...])`` (and once through ``python -m skretrieval``)."""
+
+import json
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from helpers import TinyEncoder
+
+from skretrieval import Preprocessing, cli
+from skretrieval.encoders import BuiltEncoder, register_encoder
+
+
+@register_encoder("cli_tiny")
+def _cli_tiny(weights=None):
+    return BuiltEncoder(TinyEncoder(), Preprocessing(size=8, crop_pct=1.0))
+
+
+TINY = ["--encoder", "cli_tiny", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _model_files(monkeypatch):
+    """Until the safe format (skretrieval._persistence) exists, model files are joblib pickles."""
+    try:
+        from skretrieval import load  # noqa: F401
+    except ImportError:
+        monkeypatch.setattr(cli, "_save_model", lambda retriever, path: joblib.dump(retriever, path))
+        monkeypatch.setattr(cli, "_read_model", joblib.load)
+
+
+@pytest.fixture
+def folders(colour_images, tmp_path):
+    """gallery/<red|green|blue>/*.png (6 each) and queries/<colour>/*.png (2 each)."""
+    from PIL import Image
+
+    images, labels = colour_images
+    names = np.array(["red", "green", "blue"])[labels]
+    for n, (image, name) in enumerate(zip(images, names)):
+        split = "queries" if n % 8 >= 6 else "gallery"
+        folder = tmp_path / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{n:02d}.png")
+    return tmp_path
+
+
+def _index(folders, capsys, *extra):
+    model = folders / "model.skr"
+    code = cli.main(["index", str(folders / "gallery"), "-o", str(model), *TINY, *extra])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return model, captured
+
+
+def test_index_then_search_table_json_and_plot(folders, capsys):
+    model, captured = _index(folders, capsys, "--labels-from-folders")
+    assert "indexed 18 images (11-d, 3 labels)" in captured.out
+    assert "images/s" in captured.err
+
+    query = folders / "queries" / "green" / "14.png"
+    assert cli.main(["search", str(model), str(query), "-k", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"query: {query}"
+    rows = [line.split() for line in out[2:]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert all(r[2] == "green" and "/gallery/green/" in r[3] for r in rows)
+    scores = [float(r[1]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+
+    plot = folders / "results.png"
+    queries = folders / "queries" / "red"
+    assert cli.main(["search", str(model), str(queries), str(query), "-k", "2", "--json", "--plot", str(plot)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [len(line["matches"]) for line in lines] == [2, 2, 2]
+    assert [line["matches"][0]["label"] for line in lines] == ["red", "red", "green"]
+    assert lines[0]["matches"][0]["rank"] == 1 and isinstance(lines[0]["matches"][0]["score"], float)
+    from PIL import Image
+
+    assert Image.open(plot).size[0] > 200
+
+
+def test_search_without_labels_and_index_speed_message(folders, capsys):
+    model, _ = _index(folders, capsys)
+    query = folders / "queries" / "blue" / "22.png"
+    assert cli.main(["search", str(model), str(query), "-k", "1", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["matches"][0]["label"] is None
+
+
+def test_evaluate_matches_retrieval_report(folders, capsys):
+    model, _ = _index(folders, capsys, "--labels-from-folders")
+    code = cli.main(
+        ["evaluate", str(model), str(folders / "queries"), "--labels-from-folders",
+         "--metrics", "recall@1,map@3,accuracy", "--json"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and list(result) == ["recall@1", "map@3", "accuracy"]
+    assert result["recall@1"] == 1.0  # colours are well separated
+
+    assert cli.main(["evaluate", str(model), str(folders / "queries"), "--labels-from-folders"]) == 0
+    assert "recall@1" in capsys.readouterr().out
+
+    assert cli.main(["evaluate", str(model), str(folders / "queries")]) == 2
+    assert "--labels-from-folders" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["search", "{tmp}/missing.skr", "{tmp}/q.png"], "does not exist"),
+        (["search", "{model}", "{tmp}/nope.png"], "does not exist"),
+        (["search", "{model}", "{tmp}/broken.png"], "cannot read image"),
+        (["search", "{model}", "{tmp}/queries", "-k", "50"], "lower topk"),
+        (["index", "{tmp}/nowhere", "-o", "{tmp}/m.skr", *TINY], "is not a folder"),
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", "--encoder", "no_such_encoder"], "Unknown encoder"),
+        (["evaluate", "{model}", "{tmp}/queries", "--labels-from-folders", "--metrics", "recall@x"], "recall@x"),
+    ],
+)
+def test_user_mistakes_exit_1_with_one_line(folders, capsys, argv, message):
+    model, _ = _index(folders, capsys, "--labels-from-folders")
+    (folders / "broken.png").write_bytes(b"not an image")
+    argv = [a.format(tmp=folders, model=model) for a in argv]
+    assert cli.main(argv) == 1
+    full = capsys.readouterr().err
+    assert "Traceback" not in full
+    err = full.splitlines()[-2:]  # after the progress bar, if any
+    assert err[0].startswith(f"skretrieval {argv[0]}: error: ") and message in err[0]
+    assert err[1].startswith("hint: ")
+
+
+def test_unreadable_gallery_image(folders, capsys):
+    (folders / "gallery" / "red" / "zz.png").write_bytes(b"\x89PNG broken")
+    assert cli.main(["index", str(folders / "gallery"), "-o", str(folders / "m.skr"), *TINY]) == 1
+    assert "cannot read image" in capsys.readouterr().err and not (folders / "m.skr").exists()
+
+
+def test_usage_errors_exit_2_and_help_0(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["search"]) == 2
+    assert cli.main(["search", "m.skr", "q.png", "-k", "many"]) == 2
+    capsys.readouterr()
+    for command in ["index", "search", "evaluate", "duplicates", "demo"]:
+        assert cli.main([command, "--help"]) == 0
+        assert f"usage: skretrieval {command}" in capsys.readouterr().out
+
+
+def test_python_m_skretrieval_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "skretrieval", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0
+    for command in ["demo", "index", "search", "evaluate", "duplicates"]:
+        assert command in result.stdout
+
+
+def test_demo_still_runs(capsys):
+    assert cli.main(["demo", "--encoder", "cli_tiny", "--device", "cpu"]) == 0
+    assert "recall@1" in capsys.readouterr().out
