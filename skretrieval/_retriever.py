@@ -466,6 +466,13 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             raise ValueError(f"dump_prototype path must end in .pt, .npz or .npy; got {str(path)!r}.")
         return path
 
+    def __getstate__(self):
+        state = super().__getstate__()  # a copy of __dict__ (EncoderMixin)
+        # The gallery images are referenced for display only: a pickle keeps no pixels
+        # (file galleries still show, from the paths in prototype_ids_).
+        state.pop("_gallery_source", None)
+        return state
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.required = False
@@ -525,8 +532,14 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         path = self.prototype_ids_[i]
         if isinstance(path, str):
             return _image_array(path, where)
-        item = getattr(self, "_gallery_source", None)
-        if item is not None and not isinstance(item, (str, os.PathLike)) and not sp.issparse(item):
+        if not hasattr(self, "_gallery_source"):
+            raise ValueError(
+                f"this {type(self).__name__} was unpickled or loaded: it keeps the paths of a "
+                "gallery read from files, not in-memory gallery images; pass the gallery images "
+                "yourself (RetrievalDisplay.from_predictions)."
+            )
+        item = self._gallery_source
+        if not isinstance(item, (str, os.PathLike)) and not sp.issparse(item):
             item = item[i]
             if isinstance(item, (tuple, list)) and len(item) == 2:  # a Dataset's (image, label)
                 item = item[0]

@@ -216,3 +216,19 @@ def test_matplotlib_imported_lazily():
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_pickle_keeps_paths_not_pixels(fitted, colour_images, tiny_prep, tmp_path):
+    import pickle
+
+    retriever, images, _ = fitted
+    restored = pickle.loads(pickle.dumps(retriever))
+    assert len(pickle.dumps(retriever)) < len(pickle.dumps(images))  # the gallery images stay out
+    with pytest.raises(ValueError, match="unpickled or loaded"):
+        RetrievalDisplay.from_estimator(restored, images[:1], topk=1)
+
+    _write_images(tmp_path, images, colour_images[1])
+    on_files = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu").fit(tmp_path)
+    restored = pickle.loads(pickle.dumps(on_files))
+    display = RetrievalDisplay.from_estimator(restored, images[5:6], topk=1)
+    np.testing.assert_allclose(_shown(display.axes_[0, 1]), images[5] / 255, atol=1e-6)
