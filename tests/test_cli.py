@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -87,6 +88,40 @@ def test_search_without_labels_and_index_speed_message(folders, capsys):
     assert cli.main(["search", str(model), str(query), "-k", "1", "--json"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["matches"][0]["label"] is None
+    assert cli.main(["evaluate", str(model), str(folders / "queries"), "--labels-from-folders"]) == 1
+    assert "indexed without labels" in capsys.readouterr().err
+
+
+def _find_duplicates(self, min_similarity):
+    """Stands in for ImageRetriever.find_duplicates until it lands: (i, j, similarity) rows."""
+    similarities, indices = self.search(None, k=-1)
+    return [
+        (i, int(j), float(s))
+        for i in range(len(indices))
+        for s, j in zip(similarities[i], indices[i])
+        if i < j and s >= min_similarity
+    ]
+
+
+def test_duplicates_reports_the_copied_image(colour_images, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from skretrieval import ImageRetriever
+
+    if not hasattr(ImageRetriever, "find_duplicates"):
+        monkeypatch.setattr(ImageRetriever, "find_duplicates", _find_duplicates, raising=False)
+    images, _ = colour_images
+    for n in (0, 8, 16):  # a red, a green and a blue image, and a copy of the green one
+        Image.fromarray(images[n]).save(tmp_path / f"{n:02d}.png")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(images[8]).save(tmp_path / "sub" / "copy.png")
+    assert cli.main(["duplicates", str(tmp_path), "--threshold", "0.99999", *TINY]) == 0
+    captured = capsys.readouterr()
+    (pair,) = captured.out.splitlines()
+    score, first, second = pair.split()
+    assert float(score) >= 0.99999
+    assert {Path(first).name, Path(second).name} == {"08.png", "copy.png"}
+    assert "1 duplicate pair(s)" in captured.err
 
 
 def test_evaluate_matches_retrieval_report(folders, capsys):
