@@ -85,6 +85,8 @@ def _fit(args, directory):
 
 
 def _save_model(retriever, path) -> None:
+    if not hasattr(retriever, "save"):
+        raise RuntimeError("this version of skretrieval cannot write model files (no ImageRetriever.save).")
     retriever.save(path)
 
 
@@ -101,6 +103,9 @@ def _read_model(path):
 
 
 def _index(args) -> int:
+    folder = Path(args.output).resolve().parent
+    if not folder.is_dir():  # fail before encoding, not after
+        raise FileNotFoundError(f"cannot write {args.output!r}: folder {str(folder)!r} does not exist.")
     retriever, files = _fit(args, args.gallery_dir)
     _save_model(retriever, args.output)
     labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"

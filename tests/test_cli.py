@@ -149,6 +149,7 @@ def test_evaluate_matches_retrieval_report(folders, capsys):
         (["search", "{model}", "{tmp}/broken.png"], "cannot read image"),
         (["search", "{model}", "{tmp}/queries", "-k", "50"], "lower topk"),
         (["index", "{tmp}/nowhere", "-o", "{tmp}/m.skr", *TINY], "is not a folder"),
+        (["index", "{tmp}/gallery", "-o", "{tmp}/no/m.skr", *TINY], "does not exist"),
         (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", "--encoder", "no_such_encoder"], "Unknown encoder"),
         (["evaluate", "{model}", "{tmp}/queries", "--labels-from-folders", "--metrics", "recall@x"], "recall@x"),
     ],
