@@ -102,16 +102,29 @@ def topk_search(
             scores = similarity.block(qb, g[g0 : g0 + gallery_block])
             if exclude_self:
                 _mask_self(scores, q0, g0)
-            kk = min(k, scores.shape[1])
-            top_scores, top_pos = torch.sort(scores, dim=1, descending=True, stable=True)
-            best_scores, best_indices = _merge(
-                best_scores, best_indices, top_scores[:, :kk], top_pos[:, :kk] + g0, k
-            )
+            top_scores, top_pos = _block_topk(scores, min(k, scores.shape[1]))
+            best_scores, best_indices = _merge(best_scores, best_indices, top_scores, top_pos + g0, k)
         if getattr(similarity, "ranks_by_proxy", False):
             best_scores, best_indices = _rescore_exact(similarity, qb, g, best_indices)
         out_scores[q0 : q0 + query_block] = best_scores
         out_indices[q0 : q0 + query_block] = best_indices
     return out_scores.cpu().numpy(), out_indices.cpu().numpy()
+
+
+def _block_topk(scores: torch.Tensor, k: int):
+    """The k best of each row; where ties straddle the k-th place, the lower indices win.
+
+    ``torch.topk`` picks an arbitrary subset of tied values, so only rows whose k-th value has
+    more ties than were taken (rare outside synthetic data) fall back to a stable sort.
+    """
+    values, positions = torch.topk(scores, k, dim=1)
+    kth = values[:, -1:]
+    straddling = (scores == kth).sum(dim=1) > (values == kth).sum(dim=1)
+    if straddling.any():
+        rows = straddling.nonzero().squeeze(1)
+        sorted_values, sorted_positions = torch.sort(scores[rows], dim=1, descending=True, stable=True)
+        values[rows], positions[rows] = sorted_values[:, :k], sorted_positions[:, :k]
+    return values, positions
 
 
 def _mask_self(scores: torch.Tensor, q0: int, g0: int) -> None:
