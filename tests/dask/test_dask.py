@@ -1,0 +1,115 @@
+"""Sharded gallery and distributed encoding on a 2-worker LocalCluster (loopback only)."""
+
+import os
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install skretrieval[dask]")
+
+import dask.array as da  # noqa: E402
+import dask.bag as db  # noqa: E402
+from joblib import parallel_backend  # noqa: E402
+from sklearn.model_selection import GridSearchCV  # noqa: E402
+
+from skretrieval import ImageRetriever  # noqa: E402
+from skretrieval.dask import ShardedRetriever, encode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def _data(seed=0, n=203, d=8, ties=True):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    if ties and n > 150:
+        X[100:110] = X[3]  # duplicates across shard boundaries: ties go to the lower index
+        X[150] = X[3]
+    y = rng.integers(0, 4, size=n)
+    return X, y
+
+
+@pytest.mark.parametrize("similarity_fn", ["cosine", "euclidean", "dot"])
+@pytest.mark.parametrize("n_shards", [None, 3])
+def test_kneighbors_predict_identical(client, similarity_fn, n_shards):
+    X, y = _data()
+    Q = np.concatenate([_data(1, n=37)[0], X[[3, 7]]])
+    single = ImageRetriever("precomputed", similarity_fn=similarity_fn, topk=7).fit(X, y)
+    sharded = ShardedRetriever(single, n_shards=n_shards, query_block=16).fit(X, y, client=client)
+    assert len(sharded.shards_) == (n_shards or 2)
+    for expected, got in zip(single.kneighbors(Q, 12), sharded.kneighbors(Q, 12)):
+        np.testing.assert_array_equal(got, expected)
+    for expected, got in zip(single.kneighbors(None, 5), sharded.kneighbors(None, 5)):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(sharded.predict(Q), single.predict(Q))
+    assert sharded.score(Q, single.predict(Q)) == 1.0
+    np.testing.assert_array_equal(sharded.kneighbors(Q, -1, return_distance=False), single.kneighbors(Q, -1, return_distance=False))
+
+
+def test_from_retriever_and_partial_fit(client):
+    X, y = _data(2)
+    X2, y2 = _data(3, n=41)
+    y2 = y2 + 2  # new classes too
+    Q = _data(4, n=20)[0]
+    fitted = ImageRetriever("precomputed", topk=5, vote="similarity").fit(X, y)
+    sharded = ShardedRetriever.from_retriever(fitted, client)
+    assert fitted.prototype_.shape == X.shape  # not modified
+    before = [s.key for s in sharded.shards_]
+    where = client.who_has(sharded.shards_)
+    sharded.partial_fit(X2, y2)
+    assert [s.key for s in sharded.shards_[:2]] == before
+    assert client.who_has(sharded.shards_[:2]) == where  # existing shards did not move
+    full = ImageRetriever("precomputed", topk=5, vote="similarity").fit(np.vstack([X, X2]), np.r_[y, y2])
+    for expected, got in zip(full.kneighbors(Q, 9), sharded.kneighbors(Q, 9)):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(sharded.predict(Q), full.predict(Q))
+    np.testing.assert_array_equal(sharded.classes_, full.classes_)
+
+
+def test_errors(client):
+    X, y = _data(5, n=20)
+    sharded = ShardedRetriever(ImageRetriever("precomputed")).fit(X, y, client=client)
+    with pytest.raises(ValueError, match="holds only 20"):
+        sharded.kneighbors(X, 21)
+    with pytest.raises(ValueError, match="3 features"):
+        sharded.kneighbors(X[:, :3])
+
+
+def test_encode_list_bag_array(client):
+    X, _ = _data(6, n=50, ties=False)
+    retriever = ImageRetriever("precomputed").fit(X[:10])
+    for given in (list(X), db.from_sequence(list(X), npartitions=3), da.from_array(X, chunks=(16, 4))):
+        features = encode(retriever, given, client=client, chunk_size=16)
+        assert features.shape == X.shape
+        np.testing.assert_array_equal(features.compute(), X)
+
+
+def test_gridsearch_dask_backend(client):
+    X, y = _data(7, n=90, ties=False)
+    grid = {"topk": [1, 3], "similarity_fn": ["cosine", "euclidean"]}
+    local = GridSearchCV(ImageRetriever("precomputed"), grid, cv=3).fit(X, y)
+    with parallel_backend("dask"):
+        remote = GridSearchCV(ImageRetriever("precomputed"), grid, cv=3, n_jobs=-1).fit(X, y)
+    np.testing.assert_allclose(remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
+    assert remote.best_params_ == local.best_params_
+
+
+def test_worker_loss(client):
+    """Last test: it kills a worker. Without replicas: a clear error; with 2: the same answer."""
+    X, y = _data(8)
+    Q = _data(9, n=10)[0]
+    single = ImageRetriever("precomputed", topk=4).fit(X, y)
+    fragile = ShardedRetriever.from_retriever(single, client)
+    safe = ShardedRetriever.from_retriever(single, client, replicas=2)
+    victim = next(iter(client.who_has(fragile.shards_[0]).values()))[0]
+    client.run(os._exit, 1, workers=[victim], on_error="ignore")
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts it, empty
+    with pytest.raises(RuntimeError, match="lost"):
+        fragile.kneighbors(Q)
+    for expected, got in zip(single.kneighbors(Q), safe.kneighbors(Q)):
+        np.testing.assert_array_equal(got, expected)
