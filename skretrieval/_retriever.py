@@ -18,7 +18,15 @@ from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fi
 from ._vote import class_probabilities, plurality_vote, vote_weights
 from .io import to_unit_float
 from .io._inputs import _item_tensor
-from .search import SIMILARITY_NAMES, get_similarity, topk_search
+from .search import (
+    PRECISIONS,
+    SIMILARITY_NAMES,
+    SearchGallery,
+    get_similarity,
+    radius_search,
+    resolve_precision,
+    topk_search,
+)
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
@@ -74,6 +82,12 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
+    search_precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Dtype of the similarity matrix products. Results are the float32 results in every
+        mode: bf16/fp16 products only select candidates within a bound of their rounding
+        error, which are re-scored in float32. ``"auto"`` uses bf16 on CUDA and on CPUs with
+        bf16 matrix units (AMX-BF16, AVX512-BF16), fp32 otherwise; ``"fp16"`` needs a GPU.
+        A callable ``similarity_fn`` always runs in fp32.
     head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or None, default=None
         Fine-tune in ``fit`` (needs ``y`` with at least 2 classes). A projection maps encoder
         features to an embedding trained with this loss; retrieval, ``transform`` and
@@ -189,6 +203,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         "topk": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
         "vote": [StrOptions({"uniform", "similarity"}), callable],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
+        "search_precision": [StrOptions(set(PRECISIONS))],
         **TRAINING_CONSTRAINTS,
     }
 
@@ -206,6 +221,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         memory=None,
         cache_key=None,
         working_memory=None,
+        search_precision="auto",
         head=None,
         head_params=None,
         embedding_dim=None,
@@ -237,6 +253,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.memory = memory
         self.cache_key = cache_key
         self.working_memory = working_memory
+        self.search_precision = search_precision
         self.head = head
         self.head_params = head_params
         self.embedding_dim = embedding_dim
@@ -401,6 +418,215 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             return indices
         return get_similarity(self.similarity_fn).to_distance(similarities), indices
 
+    def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
+        """Gallery items within a distance of each query, as ``NearestNeighbors.radius_neighbors``.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None queries the gallery against itself, and no item is its own
+            neighbour.
+        radius : float
+            Largest distance returned, as :meth:`kneighbors` defines distances (``1 - cos``
+            for cosine, ``||a - b||`` for euclidean, ``-a.b`` for dot, ``-s`` for a callable).
+        return_distance : bool, default=True
+            Whether to return the distances too.
+        sort_results : bool, default=False
+            Sort each query's neighbours by distance (ties by index); otherwise by index.
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries,), dtype=object
+            One float32 array of distances per query. Only when ``return_distance=True``.
+        neigh_ind : ndarray of shape (n_queries,), dtype=object
+            One int64 array of ``prototype_`` rows per query.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.radius_neighbors([[0.5]], radius=1.0, return_distance=False)[0]
+        array([0, 1])
+        """
+        check_is_fitted(self)
+        if radius is None:
+            raise ValueError("radius_neighbors needs a radius (a distance, as kneighbors returns).")
+        queries = None if X is None else self._query_features(X)
+        distances, indices = radius_search(
+            self.prototype_ if queries is None else queries,
+            self._search_gallery(),
+            float(radius),
+            get_similarity(self.similarity_fn),
+            exclude_self=queries is None,
+            sort_results=sort_results,
+            working_memory=self.working_memory,
+        )
+        return (distances, indices) if return_distance else indices
+
+    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
+        """Sparse graph of each query's nearest gallery items, as ``NearestNeighbors``.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None: the gallery against itself, without self-loops.
+        n_neighbors : int, default=None
+            Neighbours per query; ``topk`` when None.
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Ones, or the distances of :meth:`kneighbors`.
+
+        Returns
+        -------
+        graph : sparse matrix of shape (n_queries, n_gallery), CSR
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.kneighbors_graph(n_neighbors=1).toarray()
+        array([[0., 1., 0.],
+               [1., 0., 0.],
+               [0., 1., 0.]])
+        """
+        _check_graph_mode(mode)
+        distances, indices = self.kneighbors(X, n_neighbors)
+        n_queries, k = indices.shape
+        data = np.ones(indices.size) if mode == "connectivity" else distances.ravel()
+        indptr = np.arange(0, n_queries * k + 1, k)
+        return sp.csr_matrix((data, indices.ravel(), indptr), shape=(n_queries, len(self.prototype_)))
+
+    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
+        """Sparse graph of the gallery items within ``radius`` of each query.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None: the gallery against itself, without self-loops.
+        radius : float
+            Largest distance, as in :meth:`radius_neighbors`.
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Ones, or the distances.
+        sort_results : bool, default=False
+            Store each row's entries by increasing distance (``mode="distance"`` only).
+
+        Returns
+        -------
+        graph : sparse matrix of shape (n_queries, n_gallery), CSR
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.radius_neighbors_graph(radius=1.5).toarray()
+        array([[0., 1., 0.],
+               [1., 0., 0.],
+               [0., 0., 0.]])
+        """
+        _check_graph_mode(mode)
+        if sort_results and mode != "distance":
+            raise ValueError("sort_results=True needs mode='distance', as in scikit-learn.")
+        distances, indices = self.radius_neighbors(X, radius, sort_results=sort_results)
+        counts = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        columns = np.concatenate([*indices, np.empty(0, np.int64)])
+        data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
+        return sp.csr_matrix((data, columns, indptr), shape=(len(indices), len(self.prototype_)))
+
+    def find_duplicates(self, min_similarity: float = 0.9) -> list[np.ndarray]:
+        """Groups of near-identical gallery items.
+
+        Two items are linked when their similarity is at least ``min_similarity`` (exactly,
+        in float32); a group is a connected component of those links (so two members may be
+        less similar, through a chain), found with :func:`scipy.sparse.csgraph.connected_components`.
+
+        Parameters
+        ----------
+        min_similarity : float, default=0.9
+            On the scale of ``similarity_fn`` (``-distance`` for euclidean).
+
+        Returns
+        -------
+        groups : list of ndarray of int64
+            Rows of ``prototype_``, ascending within a group; groups ordered by their first
+            row. Items without a duplicate are left out.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> gallery = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, 2.0], [1.0, 1.0]]
+        >>> ImageRetriever("precomputed").fit(gallery).find_duplicates(0.99)
+        [array([0, 2]), array([1, 3])]
+        """
+        from scipy.sparse.csgraph import connected_components
+
+        check_is_fitted(self)
+        radius = float(get_similarity(self.similarity_fn).to_distance(np.float32(min_similarity)))
+        graph = self.radius_neighbors_graph(radius=radius)
+        _, component = connected_components(graph, directed=False)
+        sizes = np.bincount(component)
+        order = np.argsort(component, kind="stable")
+        groups = np.split(order, np.cumsum(sizes)[:-1])
+        return [group for group in groups if len(group) > 1]
+
+    def add(self, X, y=None):
+        """Append items to the gallery, encoding only the new ones.
+
+        Parameters
+        ----------
+        X : images or features
+            New gallery items, in any form :meth:`fit` accepts.
+        y : array-like of shape (n_new,), default=None
+            Their labels. Needed when the gallery was fitted with labels (unless ``X``
+            carries them); without, new items continue the ``arange`` labels.
+
+        Returns
+        -------
+        self : ImageRetriever
+            ``prototype_``, ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` are
+            extended; the result equals fitting on the concatenated gallery.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0]], ["a"])
+        >>> retriever.add([[0.0, 1.0]], ["b"]).predict([[0.1, 0.9]])
+        array(['b'], dtype='<U1')
+        """
+        check_is_fitted(self)
+        features, labels, ids = self._encode_input(X, reset=False)
+        features = self._embed(features)
+        n_old, n_new = len(self.prototype_), len(features)
+        if features.shape[1] != self.prototype_.shape[1]:
+            raise ValueError(
+                f"X has {features.shape[1]} features, but the gallery has {self.prototype_.shape[1]}; "
+                "add items encoded as the gallery was."
+            )
+        if y is not None:
+            labels = column_or_1d(y, warn=True)
+            if len(labels) != n_new:
+                raise ValueError(f"X has {n_new} samples but y has {len(labels)}; they must match.")
+            check_classification_targets(labels)
+        if labels is None:
+            if not np.array_equal(self.prototype_labels_, np.arange(n_old)):
+                raise ValueError(
+                    "the gallery was fitted with labels, so add needs y for the new items too."
+                )
+            labels = np.arange(n_old, n_old + n_new)
+        ids = np.arange(n_old, n_old + n_new) if ids is None else np.asarray(ids)
+        self.prototype_ = np.concatenate([self.prototype_, features])
+        self.prototype_labels_ = _concatenate(self.prototype_labels_, np.asarray(labels))
+        self.prototype_ids_ = _concatenate(self.prototype_ids_, ids)
+        self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        if not isinstance(self.prototype_ids_[-1], str):
+            # In-memory gallery images are kept by reference to what fit got; added ones are not.
+            self.__dict__.pop("_gallery_source", None)
+        return self
+
     def predict(self, X):
         """Label of each query by a vote of its ``topk`` most similar gallery items.
 
@@ -471,6 +697,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         # The gallery images are referenced for display only: a pickle keeps no pixels
         # (file galleries still show, from the paths in prototype_ids_).
         state.pop("_gallery_source", None)
+        state.pop("_search_cache", None)  # the device copy of the gallery; rebuilt on demand
         return state
 
     def __sklearn_tags__(self):
@@ -493,13 +720,27 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         k = self._resolve_k(self.topk if k is None else k, exclude_self)
         return topk_search(
             self.prototype_ if exclude_self else queries,
-            self.prototype_,
+            self._search_gallery(),
             k,
             get_similarity(self.similarity_fn),
             exclude_self=exclude_self,
             working_memory=self.working_memory,
-            device=self.device_,
         )
+
+    def _search_gallery(self) -> SearchGallery:
+        """The gallery prepared for search, resident on ``device_`` in the search dtype.
+
+        Built on first use and kept until the prototype, similarity, precision or device
+        changes; never pickled.
+        """
+        similarity = get_similarity(self.similarity_fn)
+        dtype = resolve_precision(self.search_precision, self.device_)
+        key = (repr(similarity), dtype, str(self.device_))
+        cache = getattr(self, "_search_cache", None)
+        if cache is None or cache[0] is not self.prototype_ or cache[1] != key:
+            gallery = SearchGallery(self.prototype_, similarity, dtype, self.device_)
+            cache = self._search_cache = (self.prototype_, key, gallery)
+        return cache[2]
 
     def _resolve_k(self, k, exclude_self: bool) -> int:
         available = len(self.prototype_) - int(exclude_self)
@@ -550,6 +791,18 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
                 "yourself (e.g. RetrievalDisplay.from_predictions)."
             )
         return _image_array(item, where)
+
+
+def _check_graph_mode(mode) -> None:
+    if mode not in ("connectivity", "distance"):
+        raise ValueError(f"mode={mode!r} is not supported; use 'connectivity' or 'distance'.")
+
+
+def _concatenate(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Append labels or ids; mixed kinds (e.g. paths after integers) become objects."""
+    if old.dtype.kind != new.dtype.kind and not {old.dtype.kind, new.dtype.kind} <= {"i", "u"}:
+        old, new = old.astype(object), new.astype(object)
+    return np.concatenate([old, new])
 
 
 def _savable(values: np.ndarray) -> np.ndarray:

@@ -3,6 +3,11 @@
 Every similarity is "larger = more similar". ``kneighbors`` reports distances, so each
 similarity also knows its distance: cosine 1 - s, euclidean -s (= ||a - b||), dot and user
 callables -s.
+
+The search engine ranks blocks by a *proxy* score, a matrix product that is cheap (and may
+run in reduced precision), and keeps the pairs whose proxy could reach the running
+threshold; those candidates are re-scored by :meth:`Similarity.exact` in float32, pair by
+pair, so the returned scores never depend on block sizes or the matrix-product precision.
 """
 
 from __future__ import annotations
@@ -18,14 +23,26 @@ class Similarity:
     """Base class: dot-product scores on prepared vectors, distance ``-s``."""
 
     name = "dot"
+    #: The proxy is a matrix product whose error can be bounded (not true of callables).
+    is_matmul = True
+    #: d proxy / d (q.g): how much a matrix-product error moves the proxy.
+    proxy_scale = 1.0
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Transform vectors once before any block is scored (e.g. L2-normalise)."""
         return x
 
-    def block(self, queries: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-        """Scores of a block of prepared queries against a block of prepared gallery rows."""
+    def block(self, queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm=None) -> torch.Tensor:
+        """Proxy scores of prepared queries against gallery rows (any float dtype)."""
         return queries @ gallery.T
+
+    def exact(self, queries: torch.Tensor, gallery_rows: torch.Tensor) -> torch.Tensor:
+        """Float32 scores of pairs: ``queries[i]`` against ``gallery_rows[i]``."""
+        return (queries * gallery_rows).sum(dim=1)
+
+    def proxy_threshold(self, scores: torch.Tensor, queries_sqnorm: torch.Tensor) -> torch.Tensor:
+        """The proxy value of a pair whose exact score is ``scores`` (monotone)."""
+        return scores
 
     def to_distance(self, scores: np.ndarray) -> np.ndarray:
         return -scores
@@ -57,32 +74,38 @@ class DotSimilarity(Similarity):
 class EuclideanSimilarity(Similarity):
     """Negative euclidean distance.
 
-    Blocks rank by ``2 a.b - ||b||^2``, which orders each query's row like ``-||a - b||``
-    without the query norm; the final winners are re-scored as ``-||a - b||`` from the
-    difference itself, so the returned values do not suffer the cancellation of the
-    expanded formula.
+    Blocks rank by the proxy ``2 a.b - ||b||^2 = ||a||^2 - ||a - b||^2``, which orders each
+    query's row like ``-||a - b||`` without the query norm; candidates are re-scored as
+    ``-||a - b||`` from the difference itself, so returned values do not suffer the
+    cancellation of the expanded formula.
     """
 
     name = "euclidean"
-    ranks_by_proxy = True
+    proxy_scale = 2.0
 
-    def block(self, queries, gallery):
-        return 2.0 * (queries @ gallery.T) - (gallery * gallery).sum(dim=1)
+    def block(self, queries, gallery, gallery_sqnorm=None):
+        if gallery_sqnorm is None:
+            gallery_sqnorm = (gallery.float() ** 2).sum(dim=1)
+        return 2.0 * (queries @ gallery.T) - gallery_sqnorm.to(queries.dtype)
 
     def exact(self, queries, gallery_rows):
-        """``-||q_i - g_ij||`` for queries (n, d) and their gathered rows (n, k, d)."""
-        return -torch.linalg.vector_norm(queries[:, None, :] - gallery_rows, dim=2)
+        return -torch.linalg.vector_norm(queries - gallery_rows, dim=1)
+
+    def proxy_threshold(self, scores, queries_sqnorm):
+        # proxy = ||a||^2 - dist^2 with dist = -score; -inf stays -inf.
+        return torch.where(torch.isinf(scores), scores, queries_sqnorm - scores * scores)
 
 
 class CallableSimilarity(Similarity):
     """A user function ``fn(a, b) -> (n, m)`` similarities, called on torch tensors."""
 
     name = "callable"
+    is_matmul = False
 
     def __init__(self, fn):
         self.fn = fn
 
-    def block(self, queries, gallery):
+    def block(self, queries, gallery, gallery_sqnorm=None):
         scores = self.fn(queries, gallery)
         scores = torch.as_tensor(scores, dtype=torch.float32, device=queries.device)
         expected = (queries.shape[0], gallery.shape[0])
@@ -93,6 +116,9 @@ class CallableSimilarity(Similarity):
                 f"rows; it must return (n, m) = {expected}."
             )
         return scores
+
+    def exact(self, queries, gallery_rows):
+        raise NotImplementedError("a callable's block scores are its exact scores")
 
     def __repr__(self):
         return f"CallableSimilarity({self.fn!r})"

@@ -1,43 +1,31 @@
 """Blocked exact top-k search.
 
-The gallery is scored block by block against a block of queries, and each block's winners
-are merged into a running top-k, so extra memory stays O(query_block x gallery_block +
-n_queries x k) whatever the gallery size. Block sizes follow a memory budget.
+The gallery is scored block by block against a block of queries; a running top-k per query
+gives a threshold (its k-th score), and only the pairs of a block whose proxy score may
+beat it are looked at (see :func:`~._gallery.candidates`), re-scored in float32 and merged.
+Extra memory stays O(query_block x gallery_block + n_queries x k) whatever the gallery
+size, and block sizes follow a memory budget.
+
+Determinism: returned scores are computed pair by pair in float32, never from a block's
+matrix product, so they do not depend on block sizes, thread count or precision mode; ties
+go to the lower gallery index. Two gallery rows whose float32 scores differ only by
+rounding may still swap places between machines or torch versions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn import get_config
 
+from ._gallery import (
+    SearchGallery,
+    block_sizes,
+    candidates,
+    exact_scores,
+    mask_self,
+    score_block,
+)
 from ._similarity import Similarity
-
-_BYTES_PER_SCORE = 4
-_MAX_QUERY_BLOCK = 1024
-
-
-def block_sizes(n_queries: int, n_gallery: int, working_memory: float | None) -> tuple[int, int]:
-    """Rows of queries and gallery scored at once so one score block fits the budget.
-
-    ``working_memory`` is in MiB, as scikit-learn's ``working_memory`` (its global config
-    value when None).
-    """
-    budget_mib = get_config()["working_memory"] if working_memory is None else working_memory
-    budget = max(1, int(budget_mib * 2**20 // _BYTES_PER_SCORE))
-    query_block = max(1, min(n_queries, _MAX_QUERY_BLOCK, budget))
-    gallery_block = max(1, min(n_gallery, budget // query_block))
-    return query_block, gallery_block
-
-
-def _merge(best_scores, best_indices, scores, indices, k):
-    """Keep the k largest scores per row; equal scores go to the lower gallery index."""
-    scores = torch.cat([best_scores, scores], dim=1)
-    indices = torch.cat([best_indices, indices], dim=1)
-    by_index = torch.argsort(indices, dim=1, stable=True)
-    scores, indices = scores.gather(1, by_index), indices.gather(1, by_index)
-    by_score = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :k]
-    return scores.gather(1, by_score), indices.gather(1, by_score)
 
 
 def topk_search(
@@ -49,13 +37,15 @@ def topk_search(
     exclude_self: bool = False,
     working_memory: float | None = None,
     device="cpu",
+    dtype=torch.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar gallery rows for every query, best first.
 
     Parameters
     ----------
     queries : array-like of shape (n_queries, n_features)
-    gallery : array-like or tensor of shape (n_gallery, n_features)
+    gallery : array-like, tensor or SearchGallery of shape (n_gallery, n_features)
+        A :class:`SearchGallery` is used as it is (kept resident by the caller).
     k : int
         Neighbours per query, ``1 <= k <= n_gallery`` (``n_gallery - 1`` with
         ``exclude_self``).
@@ -67,6 +57,9 @@ def topk_search(
     working_memory : float, default=None
         MiB one score block may take; scikit-learn's global setting when None.
     device : str or torch.device, default="cpu"
+    dtype : torch.dtype, default=torch.float32
+        Matrix-product dtype (see :func:`resolve_precision`); the result is the float32
+        top-k in any case.
 
     Returns
     -------
@@ -84,59 +77,90 @@ def topk_search(
     >>> indices
     array([[2, 0]])
     """
-    device = torch.device(device)
+    if not isinstance(gallery, SearchGallery):
+        gallery = SearchGallery(gallery, similarity, dtype, device)
+    device = gallery.device
     q = similarity.prepare(torch.as_tensor(np.asarray(queries), dtype=torch.float32).to(device))
-    g = similarity.prepare(torch.as_tensor(gallery, dtype=torch.float32).to(device))
-    n_queries, n_gallery = q.shape[0], g.shape[0]
+    n_queries, n_gallery = q.shape[0], gallery.n_gallery
     limit = n_gallery - 1 if exclude_self else n_gallery
     if not 1 <= k <= limit:
         raise ValueError(f"k={k} neighbours requested, but only {limit} gallery items can be returned.")
-    query_block, gallery_block = block_sizes(n_queries, n_gallery, working_memory)
+    bytes_per_score = gallery.low.element_size() + 1
+    query_block, gallery_block = block_sizes(n_queries, n_gallery, working_memory, bytes_per_score)
     out_scores = torch.empty((n_queries, k), dtype=torch.float32, device=device)
     out_indices = torch.empty((n_queries, k), dtype=torch.int64, device=device)
     for q0 in range(0, n_queries, query_block):
         qb = q[q0 : q0 + query_block]
-        best_scores = torch.full((qb.shape[0], 0), -torch.inf, device=device)
-        best_indices = torch.empty((qb.shape[0], 0), dtype=torch.int64, device=device)
-        for g0 in range(0, n_gallery, gallery_block):
-            scores = similarity.block(qb, g[g0 : g0 + gallery_block])
-            if exclude_self:
-                _mask_self(scores, q0, g0)
-            top_scores, top_pos = _block_topk(scores, min(k, scores.shape[1]))
-            best_scores, best_indices = _merge(best_scores, best_indices, top_scores, top_pos + g0, k)
-        if getattr(similarity, "ranks_by_proxy", False):
-            best_scores, best_indices = _rescore_exact(similarity, qb, g, best_indices)
-        out_scores[q0 : q0 + query_block] = best_scores
-        out_indices[q0 : q0 + query_block] = best_indices
+        s, i = _query_block_topk(gallery, qb, q0, k, gallery_block, exclude_self)
+        out_scores[q0 : q0 + len(qb)], out_indices[q0 : q0 + len(qb)] = s, i
     return out_scores.cpu().numpy(), out_indices.cpu().numpy()
 
 
-def _block_topk(scores: torch.Tensor, k: int):
-    """The k best of each row; where ties straddle the k-th place, the lower indices win.
+def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_self):
+    n = len(qb)
+    device, similarity = gallery.device, gallery.similarity
+    # k placeholders per row (-inf, an index past the gallery) that any real pair beats.
+    best_scores = torch.full((n, k), -torch.inf, device=device)
+    best_indices = torch.full((n, k), gallery.n_gallery, dtype=torch.int64, device=device)
+    margin = gallery.margin(qb)
+    q_sqnorm = (qb * qb).sum(dim=1)
+    qb_low = qb.to(gallery.dtype)
+    for g0 in range(0, gallery.n_gallery, gallery_block):
+        g1 = min(g0 + gallery_block, gallery.n_gallery)
+        scores = score_block(gallery, qb_low, g0, g1)
+        if exclude_self:
+            mask_self(scores, q0, g0)
+        if g0 == 0:
+            best_scores = _first_threshold(gallery, qb, scores, k, best_scores)
+        kth = similarity.proxy_threshold(best_scores[:, -1], q_sqnorm)
+        rows, cols = candidates(scores, kth - margin)
+        cols += g0
+        if exclude_self:
+            keep = rows + q0 != cols
+            rows, cols = rows[keep], cols[keep]
+        if len(rows):
+            values = exact_scores(gallery, qb, scores, rows, cols, g0)
+            # Most reduced-precision candidates fall short once scored exactly.
+            beats = values >= best_scores[rows, -1]
+            rows, cols, values = rows[beats], cols[beats], values[beats]
+            best_scores, best_indices = merge_topk(best_scores, best_indices, rows, cols, values)
+    return best_scores, best_indices
 
-    ``torch.topk`` picks an arbitrary subset of tied values, so only rows whose k-th value has
-    more ties than were taken (rare outside synthetic data) fall back to a stable sort.
+
+def _first_threshold(gallery, qb, scores, k, placeholders):
+    """Placeholders whose last score is a first threshold: the exact k-th score of the
+    block's k best proxies (a lower bound of the block's exact k-th score).
+
+    Re-scoring k pairs per query costs little and spares the first block a threshold
+    lowered by two error bounds.
     """
-    values, positions = torch.topk(scores, k, dim=1)
-    kth = values[:, -1:]
-    straddling = (scores == kth).sum(dim=1) > (values == kth).sum(dim=1)
-    if straddling.any():
-        rows = straddling.nonzero().squeeze(1)
-        sorted_values, sorted_positions = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        values[rows], positions[rows] = sorted_values[:, :k], sorted_positions[:, :k]
-    return values, positions
+    if scores.shape[1] < k:
+        return placeholders
+    proxies, cols = torch.topk(scores, k, dim=1, sorted=False)
+    rows = torch.arange(len(qb), device=qb.device)[:, None].expand_as(cols)
+    values = exact_scores(gallery, qb, scores, rows.reshape(-1), cols.reshape(-1), 0).view(len(qb), k)
+    values[proxies == -torch.inf] = -torch.inf  # pairs masked out (exclude_self)
+    out = placeholders.clone()
+    out[:, -1] = values.amin(dim=1)
+    return out
 
 
-def _mask_self(scores: torch.Tensor, q0: int, g0: int) -> None:
-    """Set the score of query i against gallery row i to -inf, in place."""
-    rows = torch.arange(scores.shape[0], device=scores.device) + q0
-    cols = rows - g0
-    inside = (cols >= 0) & (cols < scores.shape[1])
-    scores[rows[inside] - q0, cols[inside]] = -torch.inf
+def merge_topk(best_scores, best_indices, rows, cols, values):
+    """Merge candidate pairs ``(rows, cols, values)`` into each row's top-k.
 
-
-def _rescore_exact(similarity, queries, gallery, indices):
-    scores = similarity.exact(queries, gallery[indices])
-    return _merge(
-        scores[:, :0], indices[:, :0], scores, indices, indices.shape[1]
-    )
+    Order: score descending, then gallery index ascending (three stable sorts of the few
+    entries involved), and the first k of each row are kept.
+    """
+    n, k = best_scores.shape
+    device = best_scores.device
+    all_rows = torch.cat([torch.arange(n, device=device).repeat_interleave(k), rows])
+    all_scores = torch.cat([best_scores.reshape(-1), values])
+    all_indices = torch.cat([best_indices.reshape(-1), cols])
+    order = torch.argsort(all_indices, stable=True)
+    order = order[torch.argsort(all_scores[order], descending=True, stable=True)]
+    order = order[torch.argsort(all_rows[order], stable=True)]
+    counts = torch.bincount(all_rows, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=device) - starts[all_rows[order]]
+    chosen = order[rank < k]
+    return all_scores[chosen].view(n, k), all_indices[chosen].view(n, k)

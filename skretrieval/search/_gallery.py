@@ -1,0 +1,138 @@
+"""The gallery as the search engine holds it, and the blocked scan that finds candidates.
+
+A :class:`SearchGallery` is prepared once (normalised, moved to the device, copied to the
+matrix-product dtype) and can be kept resident between searches. :func:`scan_candidates`
+streams query blocks against gallery blocks and yields, per block, only the pairs whose
+proxy score reaches a per-query threshold: whole chunks of ``_CHUNK`` columns are discarded
+by their maximum first, so most of a block is never looked at element by element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn import get_config
+from torch.nn import functional as F
+
+from ._precision import matmul_error_bound
+from ._similarity import Similarity
+
+_CHUNK = 128  # columns whose max is compared with the threshold before any element is
+_MAX_QUERY_BLOCK = 1024
+_MAX_GALLERY_BLOCK = 16384  # larger blocks stop helping the product and hurt the cache
+
+
+class SearchGallery:
+    """A gallery prepared for search on ``device`` with products in ``dtype``.
+
+    Parameters
+    ----------
+    gallery : array-like or tensor of shape (n_gallery, n_features)
+    similarity : Similarity
+    dtype : torch.dtype, default=torch.float32
+        Dtype of the matrix products (``torch.bfloat16``, ``torch.float16`` select
+        candidates only; scores are float32).
+    device : str or torch.device, default="cpu"
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval.search import SearchGallery, get_similarity
+    >>> SearchGallery(np.eye(3), get_similarity("cosine")).n_gallery
+    3
+    """
+
+    def __init__(self, gallery, similarity: Similarity, dtype=torch.float32, device="cpu"):
+        self.similarity = similarity
+        self.device = torch.device(device)
+        self.dtype = dtype if similarity.is_matmul else torch.float32
+        self.exact = similarity.prepare(_as_float32(gallery, self.device))
+        self.low = self.exact if self.dtype == torch.float32 else self.exact.to(self.dtype)
+        norms = torch.linalg.vector_norm(self.exact, dim=1)
+        self.sqnorm = norms * norms
+        self.max_norm = float(norms.max()) if len(norms) else 0.0
+
+    @property
+    def n_gallery(self) -> int:
+        return self.exact.shape[0]
+
+    def margin(self, queries: torch.Tensor) -> torch.Tensor:
+        """Per query, a bound on ``|proxy - exact proxy|`` over every gallery row."""
+        if not self.similarity.is_matmul:
+            return torch.zeros(len(queries), device=self.device)
+        bound = matmul_error_bound(self.dtype, self.exact.shape[1])
+        q_norm = torch.linalg.vector_norm(queries, dim=1)
+        scale = self.similarity.proxy_scale
+        # The euclidean proxy also subtracts ||b||^2 and compares with ||a||^2 - d^2.
+        squares = (scale - 1.0) * (self.max_norm**2 + q_norm * q_norm)
+        return bound * (scale * q_norm * self.max_norm + squares)
+
+
+def _as_float32(x, device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32).to(device)
+
+
+def block_sizes(
+    n_queries: int, n_gallery: int, working_memory: float | None, bytes_per_score: int = 4
+) -> tuple[int, int]:
+    """Rows of queries and gallery scored at once so one score block fits the budget.
+
+    ``working_memory`` is in MiB, as scikit-learn's ``working_memory`` (its global config
+    value when None). Gallery blocks are whole chunks of 128 columns when they can be.
+
+    Examples
+    --------
+    >>> from skretrieval.search import block_sizes
+    >>> block_sizes(10, 1000, working_memory=1)
+    (10, 1000)
+    """
+    budget_mib = get_config()["working_memory"] if working_memory is None else working_memory
+    budget = max(1, int(budget_mib * 2**20 // bytes_per_score))
+    query_block = max(1, min(n_queries, _MAX_QUERY_BLOCK, budget))
+    gallery_block = max(1, min(n_gallery, _MAX_GALLERY_BLOCK, budget // query_block))
+    if _CHUNK < gallery_block < n_gallery:
+        gallery_block -= gallery_block % _CHUNK
+    return query_block, gallery_block
+
+
+def score_block(gallery: SearchGallery, queries_low: torch.Tensor, g0: int, g1: int) -> torch.Tensor:
+    """Proxy scores of a query block against gallery rows ``g0:g1``."""
+    sqnorm = gallery.sqnorm[g0:g1] if gallery.similarity.proxy_scale != 1.0 else None
+    return gallery.similarity.block(queries_low, gallery.low[g0:g1], sqnorm)
+
+
+def mask_self(scores: torch.Tensor, q0: int, g0: int) -> None:
+    """Set the score of query ``i`` against gallery row ``i`` to -inf, in place."""
+    rows = torch.arange(scores.shape[0], device=scores.device) + q0
+    cols = rows - g0
+    inside = (cols >= 0) & (cols < scores.shape[1])
+    scores[rows[inside] - q0, cols[inside]] = -torch.inf
+
+
+def candidates(scores: torch.Tensor, threshold: torch.Tensor):
+    """``(rows, cols)`` of the entries ``scores >= threshold[row]``, row-major.
+
+    Chunks whose maximum is below the threshold are skipped wholesale.
+    """
+    n_rows, n_cols = scores.shape
+    pad = -n_cols % _CHUNK
+    if pad:  # only a last, partial block pays for this copy
+        scores = F.pad(scores, (0, pad), value=-torch.inf)
+    threshold = threshold.to(scores.dtype)
+    chunks = scores.view(n_rows, -1, _CHUNK)
+    n_chunks = chunks.shape[1]
+    rows, chunk = torch.nonzero(chunks.amax(dim=2) >= threshold[:, None], as_tuple=True)
+    hit_chunks = chunks.view(-1, _CHUNK).index_select(0, rows * n_chunks + chunk)
+    hit, offset = torch.nonzero(hit_chunks >= threshold[rows][:, None], as_tuple=True)
+    rows, cols = rows[hit], chunk[hit] * _CHUNK + offset
+    inside = cols < n_cols
+    return rows[inside], cols[inside]
+
+
+def exact_scores(gallery: SearchGallery, queries, scores, rows, cols, g0):
+    """Float32 scores of candidate pairs (``cols`` are gallery rows)."""
+    if not gallery.similarity.is_matmul:
+        return scores[rows, cols - g0].float()  # a callable's block is exact
+    return gallery.similarity.exact(queries[rows], gallery.exact[cols])

@@ -1,0 +1,70 @@
+"""Precision modes of the matrix product, and the bound that keeps them exact.
+
+Reduced precision (bf16, fp16) only *selects candidates*: a pair is kept when its
+reduced-precision proxy is within the error bound of the running threshold, and every
+candidate is re-scored in float32. So the returned top-k equals the float32 top-k.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Unit roundoff of each dtype (half the gap between 1 and the next number).
+_UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+@functools.cache
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device) -> torch.dtype:
+    """The matrix-product dtype for a ``search_precision`` value on ``device``.
+
+    ``"auto"`` is bf16 on CUDA and on CPUs with bf16 matrix units, else fp32. ``"fp16"`` is
+    accepted on GPUs only (CPUs have no fast fp16 product, and its range is narrow).
+
+    Examples
+    --------
+    >>> from skretrieval.search import resolve_precision
+    >>> resolve_precision("fp32", "cpu")
+    torch.float32
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"search_precision={precision!r} is not supported; use one of {PRECISIONS}.")
+    if precision == "auto":
+        fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul())
+        return torch.bfloat16 if fast else torch.float32
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError(
+            "search_precision='fp16' needs a GPU; on the CPU use 'bf16' (fast with AMX/AVX512-BF16) "
+            "or 'fp32'."
+        )
+    return _DTYPES[precision]
+
+
+def matmul_error_bound(dtype: torch.dtype, n_features: int) -> float:
+    """``c`` such that ``|proxy_low(a, b) - a.b| <= c * ||a|| * ||b||``.
+
+    Rounding both inputs costs ``2u + u^2`` (relative, per product term, so at most that
+    times ``||a|| ||b||`` by Cauchy-Schwarz); products of bf16/fp16 numbers are exact in
+    float32, whose accumulation adds ``d * 2^-24``; rounding the output to ``dtype`` another
+    ``u (1 + ...)``. The constants round the second-order terms up.
+    """
+    u = _UNIT_ROUNDOFF[dtype]
+    return 3.0 * u + 4.0 * u * u + 1.1 * (n_features + 4) * 2.0**-24
