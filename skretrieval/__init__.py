@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from ._encoder import ImageEncoder
+from ._persistence import InconsistentVersionWarning, load
 from ._preprocessing import Preprocessing
 from ._retriever import ImageRetriever
 from .encoders import list_encoders
@@ -10,7 +11,9 @@ from .encoders import list_encoders
 __all__ = [
     "ImageEncoder",
     "ImageRetriever",
+    "InconsistentVersionWarning",
     "Preprocessing",
     "__version__",
     "list_encoders",
+    "load",
 ]

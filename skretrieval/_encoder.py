@@ -89,9 +89,15 @@ class EncoderMixin:
             buffer = io.BytesIO()
             torch.save(state["encoder_"], buffer)
             state["encoder_"] = _SavedModule(buffer.getvalue())
+        from . import __version__
+
+        state["_skretrieval_version"] = __version__
         return state
 
     def __setstate__(self, state):
+        from ._persistence import check_pickled_version
+
+        check_pickled_version(state.pop("_skretrieval_version", None))
         device = state.get("device_")
         if device is not None and device.type == "cuda" and not torch.cuda.is_available():
             state["device_"] = device = torch.device("cpu")  # a GPU model served on a CPU machine
