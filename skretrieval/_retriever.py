@@ -692,6 +692,38 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             raise ValueError(f"dump_prototype path must end in .pt, .npz or .npy; got {str(path)!r}.")
         return path
 
+    def save(self, path):
+        """Write the fitted retriever to ``path`` safely: JSON, safetensors, ``.npy``, no pickle.
+
+        The file is a zip archive (``.skr`` by convention) that :func:`skretrieval.load`
+        reads back without executing anything from it. A named encoder is stored by name
+        and weights; your own ``nn.Module`` by its ``state_dict`` (pass it again as
+        ``load(path, encoder=module)``). Parameters that are not JSON values (a callable
+        ``similarity_fn`` or ``vote``, a ``RandomState``) raise a ``ValueError``: use joblib
+        for those.
+
+        Parameters
+        ----------
+        path : str or Path
+            The file to write.
+
+        Returns
+        -------
+        path : Path
+
+        Examples
+        --------
+        >>> import tempfile, os
+        >>> from skretrieval import ImageRetriever, load
+        >>> model = ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0], [0.0, 1.0]])
+        >>> path = model.save(os.path.join(tempfile.mkdtemp(), "model.skr"))
+        >>> load(path).kneighbors([[0.0, 1.0]])[1]
+        array([[1]])
+        """
+        from ._persistence import save
+
+        return save(self, path)
+
     def __getstate__(self):
         state = super().__getstate__()  # a copy of __dict__ (EncoderMixin)
         # The gallery images are referenced for display only: a pickle keeps no pixels
