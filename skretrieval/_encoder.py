@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -33,6 +34,7 @@ ENCODER_CONSTRAINTS = {
     "device": [str, torch.device],
     "memory": [None, str, os.PathLike, HasMethods(["cache"])],
     "cache_key": [None, str],
+    "on_error": [StrOptions({"raise", "skip", "warn"})],
     "verbose": ["verbose"],
 }
 
@@ -47,9 +49,17 @@ class EncoderMixin:
             self.encoder_.to(self.device_).eval()
 
     def _encode_input(self, X, *, reset: bool):
-        """``(features float32 (n, d), labels or None, ids or None)`` for any accepted ``X``."""
-        source = read_input(X)
+        """``(features float32 (n, d), labels or None, ids or None)`` for any accepted ``X``.
+
+        Image files that cannot be decoded follow ``on_error``: with "skip"/"warn", a fit
+        (``reset=True``) leaves them out and lists them in ``skipped_`` as ``(index, path,
+        reason)``; a query (``reset=False``) keeps its rows aligned, the bad rows all NaN.
+        """
+        on_error = getattr(self, "on_error", "raise")
+        source = read_input(X, on_error=on_error)
         if isinstance(source, FeatureInput):
+            if reset:
+                self.skipped_ = []
             features = validate_data(
                 self, source.features, reset=reset, dtype=[np.float32, np.float64]
             ).astype(np.float32, copy=False)
@@ -72,7 +82,25 @@ class EncoderMixin:
                 f"the encoder returned NaN or infinite features for {bad.size} item(s) of "
                 f"{source.description} (first: index {bad[0]}); check the encoder and the images."
             )
-        return features, labels, source.ids
+        skipped = list(source.skipped)
+        if skipped and on_error == "warn":
+            warnings.warn(
+                f"skipped {len(skipped)} unreadable image(s) of {source.description}: "
+                + "; ".join(reason for _, _, reason in skipped),
+                UserWarning,
+                stacklevel=3,
+            )
+        ids = source.ids
+        if reset:
+            self.skipped_ = skipped
+            if skipped and ids is not None:
+                ids = np.delete(ids, [index for index, _, _ in skipped])
+        elif skipped:  # queries stay aligned with X: the skipped rows are all NaN
+            kept = np.setdiff1d(np.arange(len(features) + len(skipped)), [index for index, _, _ in skipped])
+            aligned = np.full((len(features) + len(skipped), features.shape[1]), np.nan, np.float32)
+            aligned[kept] = features
+            features = aligned
+        return features, labels, ids
 
     def _feature_cache(self) -> FeatureCache | None:
         """The ``memory`` cache for the encoder as it is now (None when not caching)."""
@@ -151,6 +179,10 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
     cache_key : str, default=None
         Fingerprint of a plain callable encoder, which has no weights to hash; without it such
         an encoder is not cached. Change it whenever the callable's output changes.
+    on_error : {"raise", "skip", "warn"}, default="raise"
+        An image file that cannot be decoded (truncated, empty, not an image, too large)
+        raises a ``ValueError`` naming it, or (``"skip"``, ``"warn"`` which also warns) is
+        left out: its row of ``transform`` is all NaN, so rows stay aligned with ``X``.
     verbose : int, default=0
         Show a progress bar while encoding when > 0.
 
@@ -187,6 +219,7 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         device="auto",
         memory=None,
         cache_key=None,
+        on_error="raise",
         verbose=0,
     ):
         self.encoder = encoder
@@ -196,6 +229,7 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.memory = memory
         self.cache_key = cache_key
+        self.on_error = on_error
         self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)

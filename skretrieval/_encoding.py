@@ -52,6 +52,8 @@ def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, 
     progress = _progress(images, verbose)
     with torch.inference_mode():
         for batch, batch_labels in images.batches(batch_size):
+            if len(batch) == 0:  # every file of the batch was skipped (on_error)
+                continue
             if cache is None:
                 batch_features = _encode_batch(batch, encoder, preprocess, device)
             else:
@@ -61,6 +63,12 @@ def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, 
             progress.update(len(batch_features))
     progress.close()
     if not features:
+        if images.skipped:
+            index, name, reason = images.skipped[0]
+            raise ValueError(
+                f"all {len(images.skipped)} image(s) of {images.description} were skipped as "
+                f"unreadable (first: {reason}); nothing is left to encode. Fix or remove the files."
+            )
         raise ValueError(f"{images.description} yielded no image; X must hold at least one sample.")
     all_labels = None if any(lab is None for lab in labels) else np.concatenate(labels)
     return np.concatenate(features), all_labels

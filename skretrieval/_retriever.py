@@ -79,6 +79,15 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     cache_key : str, default=None
         Fingerprint of a plain callable encoder, which has no weights to hash; without it such
         an encoder is not cached. Change it whenever the callable's output changes.
+    on_error : {"raise", "skip", "warn"}, default="raise"
+        What an image file that cannot be decoded (truncated, empty, not an image, beyond
+        PIL's decompression-bomb limit) does: ``"raise"`` a ``ValueError`` naming the file and
+        the reason; ``"skip"`` leave it out (``"warn"``: and warn). In ``fit`` the bad files
+        are listed in ``skipped_`` and everything else (``y``, ``prototype_ids_``) stays
+        aligned. At query time rows stay aligned with ``X``: a bad query's ``transform`` row
+        is all NaN, its ``kneighbors`` indices ``-1`` and distances ``inf`` (``search``:
+        similarities ``-inf``), its ``predict`` value ``None`` (the result then has dtype
+        object) and its ``predict_proba`` row NaN.
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
@@ -220,6 +229,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         device="auto",
         memory=None,
         cache_key=None,
+        on_error="raise",
         working_memory=None,
         search_precision="auto",
         head=None,
@@ -252,6 +262,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.device = device
         self.memory = memory
         self.cache_key = cache_key
+        self.on_error = on_error
         self.working_memory = working_memory
         self.search_precision = search_precision
         self.head = head
@@ -303,6 +314,8 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         n = len(features)
         if y is not None:
             labels = column_or_1d(y, warn=True)
+            if self.skipped_ and len(labels) == n + len(self.skipped_):
+                labels = np.delete(labels, [index for index, _, _ in self.skipped_])
             if len(labels) != n:
                 raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
             check_classification_targets(labels)
@@ -641,7 +654,13 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             Labels from ``classes_``; gallery indices when fitted without ``y``.
         """
         codes, weights = self._votes(X)
-        return self.classes_[plurality_vote(codes, weights)]
+        missing = codes[:, 0] < 0  # skipped unreadable queries (on_error)
+        if not missing.any():
+            return self.classes_[plurality_vote(codes, weights)]
+        y_pred = np.full(len(codes), None, dtype=object)
+        if not missing.all():
+            y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
+        return y_pred
 
     def predict_proba(self, X):
         """Vote shares of every class among the ``topk`` neighbours.
@@ -658,7 +677,13 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             without ``y``).
         """
         codes, weights = self._votes(X)
-        return class_probabilities(codes, weights, len(self.classes_))
+        missing = codes[:, 0] < 0
+        if not missing.any():
+            return class_probabilities(codes, weights, len(self.classes_))
+        proba = np.full((len(codes), len(self.classes_)), np.nan)
+        if not missing.all():
+            proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
+        return proba
 
     def dump_prototype(self, path):
         """Write the gallery features, labels and ids to ``path`` (``fit`` accepts the file).
@@ -750,6 +775,14 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     def _search(self, queries, k):
         exclude_self = queries is None
         k = self._resolve_k(self.topk if k is None else k, exclude_self)
+        if not exclude_self:
+            valid = ~np.isnan(queries).any(axis=1)  # NaN rows: queries skipped by on_error
+            if not valid.all():
+                similarities = np.full((len(queries), k), -np.inf, np.float32)
+                indices = np.full((len(queries), k), -1, np.int64)
+                if valid.any():
+                    similarities[valid], indices[valid] = self._search(queries[valid], k)
+                return similarities, indices
         return topk_search(
             self.prototype_ if exclude_self else queries,
             self._search_gallery(),
@@ -792,7 +825,8 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     def _votes(self, X):
         check_is_fitted(self)
         similarities, indices = self._search(self._query_features(X), None)
-        return self._label_codes[indices], vote_weights(self.vote, similarities)
+        codes = np.where(indices < 0, -1, self._label_codes[indices])
+        return codes, vote_weights(self.vote, np.where(indices < 0, 0, similarities))
 
     def _gallery_image(self, i: int) -> np.ndarray:
         """Gallery item ``i`` as an ``(H, W, 3)`` float array in [0, 1], read from its source.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,13 @@ def pil_to_tensor(image) -> torch.Tensor:
     from PIL import ImageOps
 
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, not clip
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        grey = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return torch.from_numpy(np.repeat(grey[None], 3, axis=0))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as PIL recommends, before dropping alpha
     if image.mode != "RGB":
         image = image.convert("RGB")
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
@@ -28,10 +36,18 @@ def load_image(path) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            return pil_to_tensor(image)
+        with warnings.catch_warnings():
+            # Between the pixel limit and twice it PIL only warns; refuse it as PIL does above.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return pil_to_tensor(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(
+            f"cannot read image {str(path)!r}: it is too large ({exc}); raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image {str(path)!r}: {exc}") from exc
 

@@ -58,12 +58,24 @@ class ImageInput:
     ids: np.ndarray | None = None
     description: str = "images"
     sources: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    """``(index, id, reason)`` of each unreadable file left out (``on_error`` "skip"/"warn")."""
 
 
-def read_input(X) -> FeatureInput | ImageInput:
-    """Classify ``X`` by the rules of this module; raise a clear error otherwise."""
+ON_ERROR = ("raise", "skip", "warn")
+
+
+def read_input(X, on_error: str = "raise") -> FeatureInput | ImageInput:
+    """Classify ``X`` by the rules of this module; raise a clear error otherwise.
+
+    ``on_error`` decides what an image file that cannot be decoded does: ``"raise"`` a
+    ``ValueError`` naming the file and the reason, or be left out of the batches and
+    listed in ``ImageInput.skipped`` (``"skip"``, ``"warn"``; the caller warns).
+    """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r} is not supported; use one of {ON_ERROR}.")
     if isinstance(X, (str, os.PathLike)):
-        return _read_path(Path(X))
+        return _read_path(Path(X), on_error)
     if sp.issparse(X):
         return FeatureInput(X)
     if isinstance(X, torch.Tensor):
@@ -75,21 +87,21 @@ def read_input(X) -> FeatureInput | ImageInput:
     if isinstance(X, np.ndarray):
         return _read_array(X)
     if isinstance(X, (list, tuple)):
-        return _read_sequence(X)
+        return _read_sequence(X, on_error)
     if hasattr(X, "__array__"):
         return _read_array(np.asarray(X))
     raise TypeError(f"X of type {type(X).__name__} is not accepted; X must be {_ACCEPTED}.")
 
 
-def _read_path(path: Path):
+def _read_path(path: Path, on_error: str):
     if path.is_dir():
         files = list_image_files(path)
-        return _files_input(files, f"{len(files)} image files under {str(path)!r}")
+        return _files_input(files, f"{len(files)} image files under {str(path)!r}", on_error)
     if not path.exists():
         raise FileNotFoundError(f"X={str(path)!r} does not exist; give an image file, a directory or a feature file.")
     if path.suffix.lower() in FEATURE_FILE_SUFFIXES:
         return read_feature_file(path)
-    return _files_input([str(path)], f"image file {str(path)!r}")
+    return _files_input([str(path)], f"image file {str(path)!r}", on_error)
 
 
 def read_feature_file(path) -> FeatureInput:
@@ -165,11 +177,11 @@ def _array_batch(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
 
 
-def _read_sequence(X):
+def _read_sequence(X, on_error: str = "raise"):
     if len(X) == 0:
         raise ValueError(f"X is an empty {type(X).__name__}; it must hold at least one sample.")
     if all(isinstance(x, (str, os.PathLike)) for x in X):
-        return _files_input([str(x) for x in X], f"{len(X)} image files")
+        return _files_input([str(x) for x in X], f"{len(X)} image files", on_error)
     if all(_is_pil(x) or (isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim >= 2) for x in X):
         items = list(X)
 
@@ -185,16 +197,27 @@ def _read_sequence(X):
     return _read_array(array)
 
 
-def _files_input(files: list[str], description: str) -> ImageInput:
+def _files_input(files: list[str], description: str, on_error: str = "raise") -> ImageInput:
     for f in files:
         if Path(f).suffix.lower() in FEATURE_FILE_SUFFIXES:
             raise ValueError(f"{f!r} is a feature file; pass it alone as X, not inside a list of images.")
 
     def batches(b):
+        source.skipped.clear()
         for i in range(0, len(files), b):
-            yield [load_image(f) for f in files[i : i + b]], None
+            if on_error == "raise":
+                yield [load_image(f) for f in files[i : i + b]], None
+                continue
+            images = []
+            for j, f in enumerate(files[i : i + b], start=i):
+                try:
+                    images.append(load_image(f))
+                except (ValueError, OSError) as exc:  # FileNotFoundError too: a file gone meanwhile
+                    source.skipped.append((j, f, str(exc)))
+            yield images, None
 
-    return ImageInput(batches, len(files), ids=np.asarray(files), description=description, sources=files)
+    source = ImageInput(batches, len(files), ids=np.asarray(files), description=description, sources=files)
+    return source
 
 
 def _read_dataset(dataset):
