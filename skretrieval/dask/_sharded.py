@@ -151,6 +151,12 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         features = self.retriever_._embed(self.retriever_._encode_input(X, reset=False)[0])
         self._check_width(features)
         n0, n = self.shard_offsets_[-1], len(features)
+        unlabelled = np.array_equal(self.prototype_labels_, np.arange(n0))
+        if y is None and not unlabelled:
+            raise ValueError(
+                "the gallery was fitted with labels y; pass the labels of the new items too "
+                "(partial_fit(X, y))."
+            )
         labels = np.arange(n0, n0 + n) if y is None else np.asarray(y)
         if len(labels) != n:
             raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")

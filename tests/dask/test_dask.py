@@ -1,6 +1,8 @@
 """Sharded gallery and distributed encoding on a 2-worker LocalCluster (loopback only)."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,9 +73,16 @@ def test_from_retriever_and_partial_fit(client):
     np.testing.assert_array_equal(sharded.classes_, full.classes_)
 
 
+def test_import_skretrieval_does_not_import_dask():
+    code = "import sys, skretrieval; assert 'dask' not in sys.modules and 'distributed' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_errors(client):
     X, y = _data(5, n=20)
     sharded = ShardedRetriever(ImageRetriever("precomputed")).fit(X, y, client=client)
+    with pytest.raises(ValueError, match="pass the labels"):
+        sharded.partial_fit(X)
     with pytest.raises(ValueError, match="holds only 20"):
         sharded.kneighbors(X, 21)
     with pytest.raises(ValueError, match="3 features"):
