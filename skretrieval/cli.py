@@ -84,21 +84,11 @@ def _fit(args, directory):
     return retriever, files
 
 
-def _save_model(retriever, path) -> None:
-    if not hasattr(retriever, "save"):
-        raise RuntimeError("this version of skretrieval cannot write model files (no ImageRetriever.save).")
-    retriever.save(path)
-
-
 def _load_model(path):
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist; create it with `skretrieval index`.")
-    return _read_model(path)
-
-
-def _read_model(path):
     from . import load
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist; create it with `skretrieval index`.")
     return load(path)
 
 
@@ -107,7 +97,7 @@ def _index(args) -> int:
     if not folder.is_dir():  # fail before encoding, not after
         raise FileNotFoundError(f"cannot write {args.output!r}: folder {str(folder)!r} does not exist.")
     retriever, files = _fit(args, args.gallery_dir)
-    _save_model(retriever, args.output)
+    retriever.save(args.output)
     labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"
     print(f"indexed {len(files)} images ({retriever.prototype_.shape[1]}-d{labels}) -> {args.output}")
     return 0
@@ -195,23 +185,19 @@ def _evaluate(args) -> int:
 
 def _duplicates(args) -> int:
     retriever, files = _fit(args, args.directory)
-    pairs = retriever.find_duplicates(min_similarity=args.threshold)
-    n = 0
-    for i, j, similarity in _pairs(pairs):
-        print(f"{similarity:.4f}  {files[i]}  {files[j]}")
-        n += 1
-    print(f"{n} duplicate pair(s) with similarity >= {args.threshold}", file=sys.stderr)
+    groups = retriever.find_duplicates(min_similarity=args.threshold)
+    for number, group in enumerate(groups, start=1):
+        if args.json:
+            print(json.dumps({"group": number, "paths": [files[i] for i in group]}))
+        else:
+            print(f"group {number}: {len(group)} images")
+            for i in group:
+                print(f"  {files[i]}")
+    print(
+        f"{len(groups)} group(s) of near-identical images (similarity >= {args.threshold})",
+        file=sys.stderr,
+    )
     return 0
-
-
-def _pairs(result):
-    """``(i, j, similarity)`` rows of what ``find_duplicates`` returns."""
-    if isinstance(result, tuple) and len(result) == 2:  # (pairs (n, 2), similarities (n,))
-        for (i, j), s in zip(*result):
-            yield int(i), int(j), float(s)
-    else:
-        for i, j, s in result:
-            yield int(i), int(j), float(s)
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,13 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     duplicates = commands.add_parser(
         "duplicates", help="Find near-identical images in a folder.",
-        description="Encode every image below DIR and print the pairs whose similarity reaches the "
-        "threshold: similarity, path, path.",
+        description="Encode every image below DIR and print the groups of near-identical images: "
+        "images are linked when their similarity reaches the threshold, a group is a chain of links.",
     )
     duplicates.add_argument("directory", metavar="DIR", help="folder of images")
     duplicates.add_argument(
         "--threshold", type=float, default=0.95, help="minimum cosine similarity (default: %(default)s)"
     )
+    duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
     _encoder_options(duplicates)
     duplicates.set_defaults(handler=_duplicates)
     return parser

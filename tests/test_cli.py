@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 from helpers import TinyEncoder
@@ -20,16 +19,6 @@ def _cli_tiny(weights=None):
 
 
 TINY = ["--encoder", "cli_tiny", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def _model_files(monkeypatch):
-    """Until the safe format (skretrieval._persistence) exists, model files are joblib pickles."""
-    try:
-        from skretrieval import load  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(cli, "_save_model", lambda retriever, path: joblib.dump(retriever, path))
-        monkeypatch.setattr(cli, "_read_model", joblib.load)
 
 
 @pytest.fixture
@@ -92,24 +81,9 @@ def test_search_without_labels_and_index_speed_message(folders, capsys):
     assert "indexed without labels" in capsys.readouterr().err
 
 
-def _find_duplicates(self, min_similarity):
-    """Stands in for ImageRetriever.find_duplicates until it lands: (i, j, similarity) rows."""
-    similarities, indices = self.search(None, k=-1)
-    return [
-        (i, int(j), float(s))
-        for i in range(len(indices))
-        for s, j in zip(similarities[i], indices[i])
-        if i < j and s >= min_similarity
-    ]
-
-
-def test_duplicates_reports_the_copied_image(colour_images, tmp_path, capsys, monkeypatch):
+def test_duplicates_reports_the_copied_image(colour_images, tmp_path, capsys):
     from PIL import Image
 
-    from skretrieval import ImageRetriever
-
-    if not hasattr(ImageRetriever, "find_duplicates"):
-        monkeypatch.setattr(ImageRetriever, "find_duplicates", _find_duplicates, raising=False)
     images, _ = colour_images
     for n in (0, 8, 16):  # a red, a green and a blue image, and a copy of the green one
         Image.fromarray(images[n]).save(tmp_path / f"{n:02d}.png")
@@ -117,11 +91,34 @@ def test_duplicates_reports_the_copied_image(colour_images, tmp_path, capsys, mo
     Image.fromarray(images[8]).save(tmp_path / "sub" / "copy.png")
     assert cli.main(["duplicates", str(tmp_path), "--threshold", "0.99999", *TINY]) == 0
     captured = capsys.readouterr()
-    (pair,) = captured.out.splitlines()
-    score, first, second = pair.split()
-    assert float(score) >= 0.99999
-    assert {Path(first).name, Path(second).name} == {"08.png", "copy.png"}
-    assert "1 duplicate pair(s)" in captured.err
+    assert captured.out.splitlines() == [
+        "group 1: 2 images", f"  {tmp_path / '08.png'}", f"  {tmp_path / 'sub' / 'copy.png'}",
+    ]
+    assert "1 group(s) of near-identical images" in captured.err
+    assert cli.main(["duplicates", str(tmp_path), "--threshold", "0.99999", "--json", *TINY]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert [Path(p).name for p in json.loads(line)["paths"]] == ["08.png", "copy.png"]
+
+
+def test_model_file_from_a_newer_version_or_not_a_model(folders, capsys):
+    import zipfile
+
+    model, _ = _index(folders, capsys, "--labels-from-folders")
+    newer = folders / "newer.skr"
+    with zipfile.ZipFile(model) as source, zipfile.ZipFile(newer, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            if item == "meta.json":
+                meta = json.loads(data)
+                meta["format_version"] = 999
+                data = json.dumps(meta)
+            target.writestr(item, data)
+    query = str(folders / "queries" / "red" / "06.png")
+    assert cli.main(["search", str(newer), query]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "format_version 999 is not supported" in err
+    assert cli.main(["search", str(folders / "queries" / "red" / "06.png"), query]) == 1
+    assert "is not a skretrieval model file" in capsys.readouterr().err
 
 
 def test_evaluate_matches_retrieval_report(folders, capsys):
