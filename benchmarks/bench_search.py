@@ -179,6 +179,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory check")
+    parser.add_argument("--memory-size", help="size of the memory check (default: the largest)")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory check")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,10 +195,11 @@ def main():
     else:
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             print(f"{args.device} matmul peak {dtype}: {matmul_peak(args.device, dtype) / 1e12:.1f} TFLOP/s")
-    for size in sizes:
+    for size in [] if args.memory_only else sizes:
         bench_size(size, args.k, args.repeats, args.device)
     if not args.no_memory:
-        memory_check(max(sizes, key=lambda s: np.prod(list(map(int, s.split("x"))))), args.k)
+        largest = max(sizes, key=lambda s: np.prod(list(map(int, s.split("x")))))
+        memory_check(args.memory_size or largest, args.k)
 
 
 if __name__ == "__main__":

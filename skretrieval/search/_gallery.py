@@ -14,7 +14,7 @@ import torch
 from sklearn import get_config
 from torch.nn import functional as F
 
-from ._precision import matmul_error_bound
+from ._precision import matmul_error_bound, unit_roundoff
 from ._similarity import Similarity
 
 _CHUNK = 128  # columns whose max is compared with the threshold before any element is
@@ -51,21 +51,55 @@ class SearchGallery:
         norms = torch.linalg.vector_norm(self.exact, dim=1)
         self.sqnorm = norms * norms
         self.max_norm = float(norms.max()) if len(norms) else 0.0
+        self.max_rounding = _max_rounding(self.exact, self.low)
 
     @property
     def n_gallery(self) -> int:
         return self.exact.shape[0]
 
     def margin(self, queries: torch.Tensor) -> torch.Tensor:
-        """Per query, a bound on ``|proxy - exact proxy|`` over every gallery row."""
+        """Per query, a bound on ``|proxy - exact proxy|`` before the output rounding.
+
+        For a product, ``q~.g~ - q.g = q.(g~ - g) + (q~ - q).g~``, so the measured rounding
+        norms bound it (Cauchy-Schwarz), plus the float32 accumulation of the exact products
+        of bf16/fp16 numbers. The euclidean proxy, with more roundings, uses the a-priori
+        bound of :func:`matmul_error_bound`.
+        """
         if not self.similarity.is_matmul:
             return torch.zeros(len(queries), device=self.device)
-        bound = matmul_error_bound(self.dtype, self.exact.shape[1])
+        d = self.exact.shape[1]
         q_norm = torch.linalg.vector_norm(queries, dim=1)
-        scale = self.similarity.proxy_scale
-        # The euclidean proxy also subtracts ||b||^2 and compares with ||a||^2 - d^2.
-        squares = (scale - 1.0) * (self.max_norm**2 + q_norm * q_norm)
-        return bound * (scale * q_norm * self.max_norm + squares)
+        if self.similarity.proxy_scale != 1.0:
+            bound = matmul_error_bound(self.dtype, d)
+            scale = self.similarity.proxy_scale
+            # The euclidean proxy also subtracts ||b||^2 and compares with ||a||^2 - d^2,
+            # where d, re-scored in float32, is off by up to ~d u ||a - b||.
+            squares = 2.0 * scale * (self.max_norm**2 + q_norm * q_norm)
+            return bound * (scale * q_norm * self.max_norm + squares)
+        q_rounding = torch.linalg.vector_norm(queries - queries.to(self.dtype).float(), dim=1)
+        # Float32 accumulation, once in the product and once in the re-scoring whose
+        # values set the threshold.
+        accumulation = 2.2 * (d + 4) * 2.0**-24 * q_norm * self.max_norm
+        return 1.001 * (q_norm * self.max_rounding + q_rounding * self.max_norm) + accumulation
+
+    def lower(self, threshold: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        """The proxy threshold that keeps every pair whose exact proxy reaches ``threshold``.
+
+        Rounding the product's output is monotone, so a pair with exact proxy >= t has a
+        computed proxy >= fl(t - margin) >= (t - margin) - u |t - margin|.
+        """
+        lowered = threshold - margin
+        return lowered - 1.01 * unit_roundoff(self.dtype) * lowered.abs()
+
+
+def _max_rounding(exact: torch.Tensor, low: torch.Tensor, rows: int = 65536) -> float:
+    """Largest ``||g - g~||`` over the gallery (0 in float32), in blocks of rows."""
+    if low.dtype == torch.float32 or not len(exact):
+        return 0.0
+    return max(
+        float(torch.linalg.vector_norm(exact[i : i + rows] - low[i : i + rows].float(), dim=1).max())
+        for i in range(0, len(exact), rows)
+    )
 
 
 def _as_float32(x, device) -> torch.Tensor:

@@ -58,13 +58,19 @@ def resolve_precision(precision: str, device) -> torch.dtype:
     return _DTYPES[precision]
 
 
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the gap between 1 and the next number of ``dtype``."""
+    return _UNIT_ROUNDOFF[dtype]
+
+
 def matmul_error_bound(dtype: torch.dtype, n_features: int) -> float:
     """``c`` such that ``|proxy_low(a, b) - a.b| <= c * ||a|| * ||b||``.
 
     Rounding both inputs costs ``2u + u^2`` (relative, per product term, so at most that
     times ``||a|| ||b||`` by Cauchy-Schwarz); products of bf16/fp16 numbers are exact in
-    float32, whose accumulation adds ``d * 2^-24``; rounding the output to ``dtype`` another
+    float32, whose accumulation adds ``d * 2^-24`` (twice: the float32 re-scoring that sets
+    thresholds has its own); rounding the output to ``dtype`` another
     ``u (1 + ...)``. The constants round the second-order terms up.
     """
     u = _UNIT_ROUNDOFF[dtype]
-    return 3.0 * u + 4.0 * u * u + 1.1 * (n_features + 4) * 2.0**-24
+    return 3.0 * u + 4.0 * u * u + 2.2 * (n_features + 4) * 2.0**-24

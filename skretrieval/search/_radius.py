@@ -67,9 +67,10 @@ def radius_search(
     rows_all, cols_all, scores_all = [], [], []
     for q0 in range(0, n_queries, query_block):
         qb = q[q0 : q0 + query_block]
-        threshold = similarity.proxy_threshold(
+        exact_threshold = similarity.proxy_threshold(
             torch.full((len(qb),), min_score, device=q.device), (qb * qb).sum(dim=1)
-        ) - gallery.margin(qb)
+        )
+        threshold = gallery.lower(exact_threshold, gallery.margin(qb))
         qb_low = qb.to(gallery.dtype)
         for g0 in range(0, gallery.n_gallery, gallery_block):
             g1 = min(g0 + gallery_block, gallery.n_gallery)

@@ -113,7 +113,7 @@ def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_
         if g0 == 0:
             best_scores = _first_threshold(gallery, qb, scores, k, best_scores)
         kth = similarity.proxy_threshold(best_scores[:, -1], q_sqnorm)
-        rows, cols = candidates(scores, kth - margin)
+        rows, cols = candidates(scores, gallery.lower(kth, margin))
         cols += g0
         if exclude_self:
             keep = rows + q0 != cols
