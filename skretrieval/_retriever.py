@@ -166,6 +166,9 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         Label of each gallery item: ``y``, the labels a Dataset yields, or ``arange(n)``.
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else ``arange(n)``.
+    skipped_ : list of tuple
+        ``(index in X, path, reason)`` of each image file ``fit`` left out
+        (``on_error="skip"``/``"warn"``); empty otherwise.
     classes_ : ndarray of shape (n_classes,)
         Sorted distinct labels. Fitted without ``y``, every gallery item is its own class,
         so ``predict`` returns gallery indices and ``predict_proba`` is
