@@ -145,6 +145,7 @@ def _plain(value):
 
 
 def _plot(retriever, files, k, path) -> None:
+    """Draw the queries and their matches (with the gallery labels, when there are any)."""
     try:
         import matplotlib
     except ImportError:
@@ -154,7 +155,11 @@ def _plot(retriever, files, k, path) -> None:
     matplotlib.use("Agg")
     from .plotting import RetrievalDisplay
 
-    display = RetrievalDisplay.from_estimator(retriever, files, topk=k)
+    similarities, indices = retriever.search(files, k=k)
+    labels = retriever.prototype_labels_ if _has_labels(retriever) else None
+    display = RetrievalDisplay.from_predictions(
+        files, similarities, indices, retriever.prototype_ids_, gallery_labels=labels
+    )
     display.figure_.savefig(path, dpi=100, bbox_inches="tight")
     print(f"plot written to {path}", file=sys.stderr)
 

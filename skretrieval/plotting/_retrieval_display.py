@@ -149,7 +149,7 @@ class RetrievalDisplay:
         y_query : array-like of shape (n_queries,), default=None
             Labels of the queries; with ``gallery_labels``, frames show correct matches.
         gallery_labels : array-like of shape (n_gallery,), default=None
-            Labels of the gallery, e.g. ``retriever.prototype_labels_``.
+            Labels of the gallery, e.g. ``retriever.prototype_labels_``, shown in the titles.
         ax : matplotlib Axes or array-like of Axes, default=None
             Where to draw; see :meth:`plot`.
 
@@ -182,19 +182,19 @@ class RetrievalDisplay:
                 f"X_query holds {len(queries)} images but the results cover {len(indices)} "
                 "queries; they must match."
             )
-        if (y_query is None) != (gallery_labels is None):
+        if y_query is not None and gallery_labels is None:
             raise ValueError(
-                "give both y_query and gallery_labels to frame matches as correct or wrong, or neither."
+                "give both y_query and gallery_labels to frame matches as correct or wrong (y_query alone "
+                "cannot be compared with anything)."
             )
         shown = {int(i): _item_image(gallery, int(i), "gallery item") for i in np.unique(indices)}
         query_images = [_item_image(queries, q, "query") for q in range(len(queries))]
         match_images = [[shown[int(i)] for i in row] for row in indices]
-        match_labels = None
-        if gallery_labels is not None:
+        match_labels = None if gallery_labels is None else np.asarray(gallery_labels)[indices]
+        if y_query is not None:
             y_query = np.asarray(y_query)
             if len(y_query) != len(indices):
                 raise ValueError(f"y_query has {len(y_query)} labels for {len(indices)} queries.")
-            match_labels = np.asarray(gallery_labels)[indices]
         display = cls(
             query_images, match_images, similarities, query_labels=y_query, match_labels=match_labels
         )

@@ -154,6 +154,9 @@ def test_from_predictions_with_paths_and_errors(colour_images, tmp_path):
         RetrievalDisplay.from_predictions(images[:2], [[0.9]], [[1]], images)
     with pytest.raises(ValueError, match="both y_query and gallery_labels"):
         RetrievalDisplay.from_predictions(images[:1], [[0.9]], [[1]], images, y_query=[0])
+    labelled = RetrievalDisplay.from_predictions(images[:1], [[0.9]], [[1]], images, gallery_labels=labels)
+    assert labelled.axes_[0, 1].get_title() == f"#1  0.900\n{labels[1]}" and labelled.correct_ is None
+    assert labelled.axes_[0, 0].get_title() == "query"
     with pytest.raises(ValueError, match="need 4"):
         RetrievalDisplay.from_predictions(images[:2], [[0.9], [0.8]], [[1], [2]], images,
                                           ax=plt.subplots(1, 3)[1])
