@@ -329,6 +329,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.prototype_labels_ = np.asarray(labels)
         self.prototype_ids_ = np.asarray(ids) if ids is not None else np.arange(n)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        self._search_cache = _SearchCache()  # filled by the first query
         # Where each gallery image came from, by reference (paths are in prototype_ids_).
         self._gallery_source = X.dataset if isinstance(X, torch.utils.data.DataLoader) else X
         return self
@@ -767,7 +768,10 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         return tags
 
     def _query_features(self, X) -> np.ndarray:
-        features = self._embed(self._encode_input(X, reset=False)[0])
+        features = self._encode_input(X, reset=False)[0]
+        if np.isnan(features).all():  # every query was an unreadable file (on_error="skip")
+            return np.full((len(features), self.prototype_.shape[1]), np.nan, np.float32)
+        features = self._embed(features)
         if features.shape[1] != self.prototype_.shape[1]:
             raise ValueError(
                 f"X has {features.shape[1]} features, but the gallery of {type(self).__name__} has "
@@ -804,11 +808,11 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         similarity = get_similarity(self.similarity_fn)
         dtype = resolve_precision(self.search_precision, self.device_)
         key = (repr(similarity), dtype, str(self.device_))
-        cache = getattr(self, "_search_cache", None)
-        if cache is None or cache[0] is not self.prototype_ or cache[1] != key:
-            gallery = SearchGallery(self.prototype_, similarity, dtype, self.device_)
-            cache = self._search_cache = (self.prototype_, key, gallery)
-        return cache[2]
+        cache = self.__dict__.setdefault("_search_cache", _SearchCache())
+        if cache.prototype is not self.prototype_ or cache.key != key:
+            cache.gallery = SearchGallery(self.prototype_, similarity, dtype, self.device_)
+            cache.prototype, cache.key = self.prototype_, key
+        return cache.gallery
 
     def _resolve_k(self, k, exclude_self: bool) -> int:
         available = len(self.prototype_) - int(exclude_self)
@@ -872,6 +876,16 @@ def _concatenate(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     if old.dtype.kind != new.dtype.kind and not {old.dtype.kind, new.dtype.kind} <= {"i", "u"}:
         old, new = old.astype(object), new.astype(object)
     return np.concatenate([old, new])
+
+
+class _SearchCache:
+    """Holder of the resident search gallery.
+
+    Filled in place, so querying never adds or replaces an attribute of the estimator
+    (scikit-learn checks that predict leaves ``__dict__`` unchanged); compared by identity.
+    """
+
+    prototype = key = gallery = None
 
 
 def _savable(values: np.ndarray) -> np.ndarray:
