@@ -71,11 +71,18 @@ class EncoderMixin:
             )
         if reset and hasattr(self, "n_features_in_"):
             del self.n_features_in_  # images have no feature count; drop one from an earlier fit
-        features, labels = encode(
-            source, self.encoder_, self.preprocessing_,
-            batch_size=self.batch_size, device=self.device_, verbose=self.verbose,
-            cache=self._feature_cache(),
-        )
+        try:
+            features, labels = encode(
+                source, self.encoder_, self.preprocessing_,
+                batch_size=self.batch_size, device=self.device_, verbose=self.verbose,
+                cache=self._feature_cache(),
+            )
+        except ValueError:
+            # Every query skipped: a retriever still answers, row for row (its gallery
+            # gives the width); a fit, or an ImageEncoder, has nothing to return.
+            if reset or len(source.skipped) != source.n or not hasattr(self, "prototype_"):
+                raise
+            features, labels = np.empty((0, self.prototype_.shape[1]), np.float32), None
         bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
         if bad.size:
             raise ValueError(

@@ -103,6 +103,9 @@ def test_skip_fit_keeps_everything_else_aligned(tmp_path):
     assert [p is None for p in predictions] == list(is_bad)
     assert list(predictions[~is_bad]) == list(reference.predict(good))
     assert np.isnan(skipping.predict_proba(mixed)[is_bad]).all()
+    only_bad = skipping.kneighbors(bad, n_neighbors=2)
+    assert (only_bad[1] == -1).all() and np.isinf(only_bad[0]).all()
+    assert list(skipping.predict(bad)) == [None] * len(bad)
     assert ImageEncoder(TinyEncoder(), on_error="skip", device="cpu").fit(mixed).transform(mixed).shape[0] == len(mixed)
 
 
