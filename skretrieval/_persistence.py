@@ -140,7 +140,7 @@ def load(path, *, encoder=None, device=None):
     from safetensors.torch import load as load_tensors
 
     from ._device import resolve_device
-    from ._retriever import ImageRetriever
+    from ._retriever import ImageRetriever, _SearchCache
 
     path = Path(path)
     try:
@@ -220,6 +220,7 @@ def load(path, *, encoder=None, device=None):
     estimator.prototype_ids_ = extra["prototype_ids_"]
     estimator.classes_ = extra["classes_"]
     estimator.skipped_ = [tuple(s) for s in meta.get("skipped", [])]
+    estimator._search_cache = _SearchCache()  # as fit leaves it
     if meta.get("n_features_in") is not None:
         estimator.n_features_in_ = int(meta["n_features_in"])
     return estimator
