@@ -143,3 +143,18 @@ def test_pickle_from_another_version_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error", InconsistentVersionWarning)
         pickle.loads(pickle.dumps(model))
+
+
+def test_named_encoder_is_saved_by_name_and_weights(tmp_path):
+    # Randomly initialised: only the saved weights can reproduce its neighbours.
+    model = ImageRetriever("mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu", topk=2)
+    model.fit(GALLERY, LABELS)
+    path = model.save(tmp_path / "named.skr")
+    with zipfile.ZipFile(path) as archive:
+        meta = json.loads(archive.read("meta.json"))
+    assert meta["encoder_kind"] == "name" and meta["params"]["encoder"] == "mobilenet_v3_small"
+    loaded = load(path)
+    np.testing.assert_allclose(loaded.transform(QUERIES), model.transform(QUERIES), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(loaded.kneighbors(QUERIES)[1], model.kneighbors(QUERIES)[1])
+    with pytest.raises(ValueError, match="do not pass encoder"):
+        load(path, encoder=TinyEncoder())
