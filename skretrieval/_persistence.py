@@ -172,13 +172,19 @@ def load(path, *, encoder=None, device=None):
             )
         except ValueError as exc:
             raise ValueError(f"cannot load model file {str(path)!r}: {exc}") from exc
-        except (KeyError, json.JSONDecodeError, OSError, Exception) as exc:
+        except Exception as exc:  # safetensors, numpy and zipfile raise their own kinds
             raise ValueError(
                 f"cannot load model file {str(path)!r}: it is damaged or not written by "
                 f"skretrieval's save ({type(exc).__name__}: {exc})."
             ) from exc
 
     params = dict(meta["params"])
+    unknown = sorted(set(params) - set(ImageRetriever().get_params(deep=False)))
+    if unknown:
+        raise ValueError(
+            f"{str(path)!r} has parameters {unknown} that this skretrieval does not know; it was "
+            f"written by skretrieval {meta.get('skretrieval_version')!r}: load it with that version."
+        )
     kind = meta.get("encoder_kind")
     if kind in ("module", "callable"):
         if encoder is None:

@@ -87,6 +87,9 @@ def test_unknown_version_and_type_are_refused(tmp_path):
     _rewrite(path, **{"meta.json": json.dumps({**meta, "class": "os.system"})})
     with pytest.raises(ValueError, match="class 'os.system' is unknown"):
         load(path)
+    _rewrite(path, **{"meta.json": json.dumps({**meta, "params": {**meta["params"], "future": 1}})})
+    with pytest.raises(ValueError, match=r"parameters \['future'\]"):
+        load(path)
     (tmp_path / "junk.skr").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a skretrieval model file"):
         load(tmp_path / "junk.skr")
