@@ -40,15 +40,15 @@ def test_gallery_stays_resident_and_is_not_pickled():
     gallery, y = _gallery()
     retriever = ImageRetriever("precomputed", search_precision="bf16").fit(gallery, y)
     first = retriever.predict(gallery[:10])
-    resident = retriever._search_cache[2]
+    resident = retriever._search_cache.gallery
     retriever.predict(gallery[:10])
-    assert retriever._search_cache[2] is resident  # not rebuilt between queries
+    assert retriever._search_cache.gallery is resident  # not rebuilt between queries
     restored = pickle.loads(pickle.dumps(retriever))
     assert not hasattr(restored, "_search_cache")
     np.testing.assert_array_equal(restored.predict(gallery[:10]), first)
     retriever.set_params(similarity_fn="dot")
     retriever.predict(gallery[:2])
-    assert retriever._search_cache[2] is not resident  # another similarity: rebuilt
+    assert retriever._search_cache.gallery is not resident  # another similarity: rebuilt
 
 
 def test_add_equals_fit_on_concatenation():

@@ -46,14 +46,14 @@ def assert_valid_topk(scores, indices, reference, k):
     assert all(len(set(row)) == k for row in indices.tolist())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)  # each example is slow with tiny blocks
 @given(
-    n_gallery=st.integers(2, 300),
+    n_gallery=st.integers(2, 120),
     n_queries=st.integers(1, 15),
     dim=st.integers(1, 12),
     name=st.sampled_from(["cosine", "dot", "euclidean"]),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
-    working_memory=st.sampled_from([1e-5, 2e-3, None]),
+    working_memory=st.sampled_from([2e-4, 2e-3, None]),  # 2e-4 MiB: ~50 scores a block
     exclude_self=st.booleans(),
     integers=st.booleans(),
     seed=st.integers(0, 10_000),
