@@ -25,7 +25,7 @@ def _away_from_radius(distances, radius, tol=1e-5):
     return np.abs(distances - radius) > tol
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     name=st.sampled_from(["euclidean", "cosine"]),
     radius_quantile=st.floats(0.0, 0.3),
