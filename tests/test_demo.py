@@ -1,7 +1,5 @@
 """The README's main job, end to end with the pretrained default encoder (small inputs)."""
 
-import pytest
-
 from skretrieval._demo import load_digit_split, run_demo
 
 
@@ -13,8 +11,8 @@ def test_digit_split_is_the_documented_one():
 
 def test_demo_retrieves_digits_with_the_pretrained_encoder(capsys):
     results = run_demo(image_size=64, device="cpu", verbose=1)
-    # Measured 0.8667 / 0.9644 at 64 px; the ImageNet features must do far better than chance (0.1).
-    assert results["recall@1"] == pytest.approx(0.8667, abs=0.01)
+    # Measured 0.8667 / 0.9644 at 64 px; chance is 0.1, a random-weight encoder gets far less.
+    assert results["recall@1"] >= 0.85
     assert results["recall@5"] >= results["recall@1"]
     assert 0.8 < results["knn_accuracy"] <= 1.0
     assert "recall@1" in capsys.readouterr().out
