@@ -109,12 +109,18 @@ def _as_float32(x, device) -> torch.Tensor:
 
 
 def block_sizes(
-    n_queries: int, n_gallery: int, working_memory: float | None, bytes_per_score: int = 4
+    n_queries: int,
+    n_gallery: int,
+    working_memory: float | None,
+    bytes_per_score: int = 4,
+    device=None,
 ) -> tuple[int, int]:
     """Rows of queries and gallery scored at once so one score block fits the budget.
 
-    ``working_memory`` is in MiB, as scikit-learn's ``working_memory`` (its global config
-    value when None). Gallery blocks are whole chunks of 128 columns when they can be.
+    ``working_memory`` is in MiB, as scikit-learn's ``working_memory``. When None, the budget
+    is a quarter of the free memory of a CUDA ``device`` (``torch.cuda.mem_get_info``), and
+    scikit-learn's global setting elsewhere. Gallery blocks are whole chunks of 128 columns
+    when they can be.
 
     Examples
     --------
@@ -122,13 +128,22 @@ def block_sizes(
     >>> block_sizes(10, 1000, working_memory=1)
     (10, 1000)
     """
-    budget_mib = get_config()["working_memory"] if working_memory is None else working_memory
+    budget_mib = working_memory if working_memory is not None else default_working_memory(device)
     budget = max(1, int(budget_mib * 2**20 // bytes_per_score))
     query_block = max(1, min(n_queries, _MAX_QUERY_BLOCK, budget))
     gallery_block = max(1, min(n_gallery, _MAX_GALLERY_BLOCK, budget // query_block))
     if _CHUNK < gallery_block < n_gallery:
         gallery_block -= gallery_block % _CHUNK
     return query_block, gallery_block
+
+
+def default_working_memory(device=None) -> float:
+    """MiB a score block may take when the caller sets no budget."""
+    device = None if device is None else torch.device(device)
+    if device is not None and device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return free_bytes / 4 / 2**20  # leave room for the gallery, queries and top-k buffers
+    return get_config()["working_memory"]
 
 
 def score_block(gallery: SearchGallery, queries_low: torch.Tensor, g0: int, g1: int) -> torch.Tensor:

@@ -63,7 +63,9 @@ def radius_search(
     # distance test below decides; this only has to keep every pair that could pass.
     min_score = float(np.nextafter(np.float32(similarity.from_distance(np.float32(radius))), -np.inf))
     bytes_per_score = gallery.low.element_size() + 1
-    query_block, gallery_block = block_sizes(n_queries, gallery.n_gallery, working_memory, bytes_per_score)
+    query_block, gallery_block = block_sizes(
+        n_queries, gallery.n_gallery, working_memory, bytes_per_score, gallery.device
+    )
     rows_all, cols_all, scores_all = [], [], []
     for q0 in range(0, n_queries, query_block):
         qb = q[q0 : q0 + query_block]

@@ -86,7 +86,7 @@ def topk_search(
     if not 1 <= k <= limit:
         raise ValueError(f"k={k} neighbours requested, but only {limit} gallery items can be returned.")
     bytes_per_score = gallery.low.element_size() + 1
-    query_block, gallery_block = block_sizes(n_queries, n_gallery, working_memory, bytes_per_score)
+    query_block, gallery_block = block_sizes(n_queries, n_gallery, working_memory, bytes_per_score, device)
     out_scores = torch.empty((n_queries, k), dtype=torch.float32, device=device)
     out_indices = torch.empty((n_queries, k), dtype=torch.int64, device=device)
     for q0 in range(0, n_queries, query_block):

@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from sklearn.neighbors import NearestNeighbors
 
 from skretrieval import ImageRetriever
@@ -79,3 +80,16 @@ def test_add_new_class_and_unlabelled_growth():
     assert unlabelled.prototype_labels_.tolist() == [0, 1, 2, 3, 4]
     assert unlabelled.prototype_ids_.tolist() == [0, 1, 2, 3, 4]
     assert unlabelled.predict([[0.0, 0.0, 1.0]]).tolist() == [2]
+
+
+def test_block_budget_defaults():
+    from sklearn import config_context
+
+    from skretrieval.search._gallery import block_sizes, default_working_memory
+
+    with config_context(working_memory=1):
+        assert default_working_memory("cpu") == 1
+        assert block_sizes(1000, 10**6, None, 4, "cpu") == block_sizes(1000, 10**6, 1, 4)
+    if torch.cuda.is_available():  # a quarter of the free device memory
+        free, _ = torch.cuda.mem_get_info()
+        assert default_working_memory("cuda") == pytest.approx(free / 4 / 2**20, rel=0.2)
