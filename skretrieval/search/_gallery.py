@@ -137,6 +137,21 @@ def block_sizes(
     return query_block, gallery_block
 
 
+def prepare_search(queries, gallery, similarity, dtype, device, working_memory):
+    """What every blocked search starts with (top-k and radius alike).
+
+    Returns the :class:`SearchGallery` (built unless one is given), the prepared float32
+    queries on its device, and the query and gallery block sizes for ``working_memory``.
+    """
+    if not isinstance(gallery, SearchGallery):
+        gallery = SearchGallery(gallery, similarity, dtype, device)
+    queries = torch.as_tensor(np.asarray(queries), dtype=torch.float32).to(gallery.device)
+    queries = similarity.prepare(queries)
+    bytes_per_score = gallery.low.element_size() + 1
+    blocks = block_sizes(len(queries), gallery.n_gallery, working_memory, bytes_per_score, gallery.device)
+    return gallery, queries, *blocks
+
+
 def default_working_memory(device=None) -> float:
     """MiB a score block may take when the caller sets no budget."""
     device = None if device is None else torch.device(device)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._gallery import SearchGallery, block_sizes, candidates, exact_scores, mask_self, score_block
+from ._gallery import (
+    candidates,
+    exact_scores,
+    mask_self,
+    prepare_search,
+    score_block,
+)
 from ._similarity import Similarity
 
 
@@ -55,17 +61,13 @@ def radius_search(
     >>> indices[0]
     array([0, 1])
     """
-    if not isinstance(gallery, SearchGallery):
-        gallery = SearchGallery(gallery, similarity, dtype, device)
-    q = similarity.prepare(torch.as_tensor(np.asarray(queries), dtype=torch.float32).to(gallery.device))
+    gallery, q, query_block, gallery_block = prepare_search(
+        queries, gallery, similarity, dtype, device, working_memory
+    )
     n_queries = len(q)
     # The smallest score within the radius, nudged down one float32 step: the exact
     # distance test below decides; this only has to keep every pair that could pass.
     min_score = float(np.nextafter(np.float32(similarity.from_distance(np.float32(radius))), -np.inf))
-    bytes_per_score = gallery.low.element_size() + 1
-    query_block, gallery_block = block_sizes(
-        n_queries, gallery.n_gallery, working_memory, bytes_per_score, gallery.device
-    )
     rows_all, cols_all, scores_all = [], [], []
     for q0 in range(0, n_queries, query_block):
         qb = q[q0 : q0 + query_block]

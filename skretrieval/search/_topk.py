@@ -19,10 +19,10 @@ import torch
 
 from ._gallery import (
     SearchGallery,
-    block_sizes,
     candidates,
     exact_scores,
     mask_self,
+    prepare_search,
     score_block,
 )
 from ._similarity import Similarity
@@ -77,16 +77,14 @@ def topk_search(
     >>> indices
     array([[2, 0]])
     """
-    if not isinstance(gallery, SearchGallery):
-        gallery = SearchGallery(gallery, similarity, dtype, device)
+    gallery, q, query_block, gallery_block = prepare_search(
+        queries, gallery, similarity, dtype, device, working_memory
+    )
     device = gallery.device
-    q = similarity.prepare(torch.as_tensor(np.asarray(queries), dtype=torch.float32).to(device))
     n_queries, n_gallery = q.shape[0], gallery.n_gallery
     limit = n_gallery - 1 if exclude_self else n_gallery
     if not 1 <= k <= limit:
         raise ValueError(f"k={k} neighbours requested, but only {limit} gallery items can be returned.")
-    bytes_per_score = gallery.low.element_size() + 1
-    query_block, gallery_block = block_sizes(n_queries, n_gallery, working_memory, bytes_per_score, device)
     out_scores = torch.empty((n_queries, k), dtype=torch.float32, device=device)
     out_indices = torch.empty((n_queries, k), dtype=torch.int64, device=device)
     for q0 in range(0, n_queries, query_block):
