@@ -2,8 +2,13 @@
 
 Commands: ``demo``, ``index`` (encode a folder into a model file), ``search`` (query it),
 ``evaluate`` (retrieval metrics of labelled queries) and ``duplicates`` (near-identical
-images in a folder). Results go to stdout, progress and errors to stderr. Exit codes: 0
-success, 1 failure (missing file, unreadable image, ...), 2 usage error.
+images in a folder). Results go to stdout, progress, warnings and errors to stderr. Exit
+codes: 0 success, 1 failure (missing file, unreadable image with ``--on-error raise``, ...),
+2 usage error.
+
+``index``, ``duplicates`` and ``evaluate`` take ``--on-error {raise,skip,warn}`` (default
+``warn``): an image file that cannot be decoded stops the run (``raise``) or is left out, and
+with ``warn`` each one left out is named on stderr (the first few, then a count).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from pathlib import Path
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
+_ON_ERROR = ("raise", "skip", "warn")
+_MAX_LISTED = 10  # unreadable files named one per line on stderr; the rest are counted
 
 
 class _UsageError(Exception):
@@ -55,6 +62,31 @@ def _folder_labels(files) -> list[str]:
     return [Path(f).parent.name for f in files]
 
 
+def _estimator_on_error(args) -> str:
+    """The estimator's ``on_error``: the CLI reports skipped files itself, never as a Python warning."""
+    return "raise" if args.on_error == "raise" else "skip"
+
+
+def _report_skipped(args, reasons, total: int, what: str = "image") -> None:
+    """Tell stderr which unreadable files were left out (``--on-error warn``) or how many (``skip``).
+
+    ``reasons`` holds one message per file left out, each naming its file.
+    """
+    if not reasons:
+        return
+    prefix = f"skretrieval {args.command}: warning:"
+    if args.on_error == "warn":
+        for reason in reasons[:_MAX_LISTED]:
+            print(f"{prefix} skipped {' '.join(reason.split())}", file=sys.stderr)
+        if len(reasons) > _MAX_LISTED:
+            print(f"{prefix} ... and {len(reasons) - _MAX_LISTED} more", file=sys.stderr)
+    print(
+        f"{prefix} skipped {len(reasons)} unreadable {what} file(s) of {total}"
+        + ("" if args.on_error == "warn" else " (--on-error warn names them)"),
+        file=sys.stderr,
+    )
+
+
 def _retriever(args):
     from . import ImageRetriever
 
@@ -62,12 +94,16 @@ def _retriever(args):
     preprocessing = None if args.image_size is None else {"size": args.image_size}
     return ImageRetriever(
         args.encoder, weights=weights, preprocessing=preprocessing, batch_size=args.batch_size,
-        device=args.device, verbose=1,
+        device=args.device, on_error=_estimator_on_error(args), verbose=1,
     )
 
 
 def _fit(args, directory):
-    """Fit a retriever on every image below ``directory``; report the encoding speed."""
+    """Fit a retriever on every readable image below ``directory``; report the encoding speed.
+
+    Unreadable files follow ``--on-error``; those left out are reported on stderr and are
+    absent from ``retriever.prototype_ids_`` (the paths of the gallery rows).
+    """
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory!r} is not a folder; give a folder of images.")
     files = _image_files([directory])
@@ -76,12 +112,14 @@ def _fit(args, directory):
     start = time.perf_counter()
     retriever.fit(files, labels)
     seconds = time.perf_counter() - start
+    encoded = len(retriever.prototype_)
     print(
-        f"encoded {len(files)} images with {args.encoder!r} on {retriever.device_} in "
-        f"{seconds:.1f} s ({len(files) / seconds:.1f} images/s)",
+        f"encoded {encoded} images with {args.encoder!r} on {retriever.device_} in "
+        f"{seconds:.1f} s ({encoded / seconds:.1f} images/s)",
         file=sys.stderr,
     )
-    return retriever, files
+    _report_skipped(args, [reason for _, _, reason in retriever.skipped_], len(files))
+    return retriever
 
 
 def _load_model(path):
@@ -96,10 +134,17 @@ def _index(args) -> int:
     folder = Path(args.output).resolve().parent
     if not folder.is_dir():  # fail before encoding, not after
         raise FileNotFoundError(f"cannot write {args.output!r}: folder {str(folder)!r} does not exist.")
-    retriever, files = _fit(args, args.gallery_dir)
+    retriever = _fit(args, args.gallery_dir)
+    # --on-error applied to reading this gallery; the model file queries as any other
+    # (`search` and Python users get an error for an unreadable query, not a row of NaN).
+    retriever.set_params(on_error="raise")
     retriever.save(args.output)
     labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"
-    print(f"indexed {len(files)} images ({retriever.prototype_.shape[1]}-d{labels}) -> {args.output}")
+    skipped = f", {len(retriever.skipped_)} skipped" if retriever.skipped_ else ""
+    print(
+        f"indexed {len(retriever.prototype_)} images ({retriever.prototype_.shape[1]}-d{labels}{skipped})"
+        f" -> {args.output}"
+    )
     return 0
 
 
@@ -113,7 +158,8 @@ def _has_labels(retriever) -> bool:
 def _search(args) -> int:
     retriever = _load_model(args.model)
     files = _image_files(args.queries)
-    retriever.set_params(verbose=int(len(files) > 1))
+    # An unreadable query is an error: a skipped one would come back with index -1.
+    retriever.set_params(verbose=int(len(files) > 1), on_error="raise")
     similarities, indices = retriever.search(files, k=args.k)
     labelled = _has_labels(retriever)
     for query, scores, rows in zip(files, similarities, indices):
@@ -165,6 +211,8 @@ def _plot(retriever, files, k, path) -> None:
 
 
 def _evaluate(args) -> int:
+    import numpy as np
+
     from .metrics import get_scorer, retrieval_report
 
     if not args.labels_from_folders:
@@ -182,22 +230,36 @@ def _evaluate(args) -> int:
     if not Path(args.query_dir).is_dir():
         raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
     files = _image_files([args.query_dir])
+    retriever.set_params(on_error=_estimator_on_error(args))
     features = retriever.transform(files)  # encoded once; every metric reuses them
-    report = retrieval_report(retriever, features, _folder_labels(files), metrics, output_dict=args.json)
+    labels = _folder_labels(files)
+    unreadable = np.isnan(features).any(axis=1)  # rows of queries skipped by --on-error
+    if unreadable.any():
+        if unreadable.all():
+            raise ValueError(
+                f"all {len(files)} query images under {args.query_dir!r} are unreadable; nothing to evaluate."
+            )
+        _report_skipped(
+            args, [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)],
+            len(files), "query image",
+        )
+        features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
+    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json)
     print(json.dumps(report) if args.json else report)
     return 0
 
 
 def _duplicates(args) -> int:
-    retriever, files = _fit(args, args.directory)
+    retriever = _fit(args, args.directory)
     groups = retriever.find_duplicates(min_similarity=args.threshold)
+    paths = retriever.prototype_ids_  # rows of the gallery: unreadable files are not among them
     for number, group in enumerate(groups, start=1):
         if args.json:
-            print(json.dumps({"group": number, "paths": [files[i] for i in group]}))
+            print(json.dumps({"group": number, "paths": [str(paths[i]) for i in group]}))
         else:
             print(f"group {number}: {len(group)} images")
             for i in group:
-                print(f"  {files[i]}")
+                print(f"  {paths[i]}")
     print(
         f"{len(groups)} group(s) of near-identical images (similarity >= {args.threshold})",
         file=sys.stderr,
@@ -218,6 +280,14 @@ def _encoder_options(parser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: the encoder's)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+
+
+def _on_error_option(parser) -> None:
+    parser.add_argument(
+        "--on-error", choices=_ON_ERROR, default="warn",
+        help="an image file that cannot be read: stop with an error (raise), leave it out "
+        "(skip), or leave it out and name it on stderr (warn) (default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="label each image by the name of its parent folder",
     )
     _encoder_options(index)
+    _on_error_option(index)
     index.set_defaults(handler=_index)
 
     search = commands.add_parser(
@@ -276,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names of skretrieval.metrics.get_scorer, or accuracy (default: %(default)s)",
     )
     evaluate.add_argument("--json", action="store_true", help="print a JSON object")
+    _on_error_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     duplicates = commands.add_parser(
@@ -289,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
     _encoder_options(duplicates)
+    _on_error_option(duplicates)
     duplicates.set_defaults(handler=_duplicates)
     return parser
 

@@ -163,10 +163,105 @@ def test_user_mistakes_exit_1_with_one_line(folders, capsys, argv, message):
     assert err[1].startswith("hint: ")
 
 
-def test_unreadable_gallery_image(folders, capsys):
+def _truncated_jpeg(path, size=16):
+    """Write the first half of a real JPEG: PIL opens the header, decoding fails."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_index_skips_an_unreadable_image_by_default(folders, capsys):
+    from skretrieval import load
+
+    bad = _truncated_jpeg(folders / "gallery" / "red" / "00_truncated.jpg")
+    model, captured = _index(folders, capsys, "--labels-from-folders")
+    assert model.is_file()
+    assert "indexed 18 images (11-d, 3 labels, 1 skipped)" in captured.out
+    assert "encoded 18 images" in captured.err and "Traceback" not in captured.err
+    warnings = [line for line in captured.err.splitlines() if "warning:" in line]
+    assert len(warnings) == 2 and str(bad) in warnings[0] and "cannot read image" in warnings[0]
+    assert warnings[1].endswith("skipped 1 unreadable image file(s) of 19")
+    retriever = load(model)
+    assert str(bad) not in set(retriever.prototype_ids_) and len(retriever.prototype_ids_) == 18
+    assert [path for _, path, _ in retriever.skipped_] == [str(bad)]
+    assert retriever.on_error == "raise"  # the model file queries as any other
+
+    # ... and search still refuses an unreadable query instead of answering with row -1.
+    assert cli.main(["search", str(model), str(bad)]) == 1
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_index_skip_counts_and_warn_lists_the_first_few(folders, capsys):
+    bad = [_truncated_jpeg(folders / "gallery" / "blue" / f"bad{n:02d}.jpg") for n in range(12)]
+    _, captured = _index(folders, capsys, "--on-error", "skip")
+    assert "indexed 18 images (11-d, 12 skipped)" in captured.out
+    assert not any(str(path) in captured.err for path in bad)
+    assert "skipped 12 unreadable image file(s) of 30" in captured.err
+
+    _, captured = _index(folders, capsys)
+    warnings = [line for line in captured.err.splitlines() if "warning:" in line]
+    assert [str(path) in line for path, line in zip(bad[:10], warnings)] == [True] * 10
+    assert len(warnings) == 12 and not any(str(path) in warnings[10] for path in bad)
+    assert warnings[10].endswith("... and 2 more")
+    assert warnings[11].endswith("skipped 12 unreadable image file(s) of 30")
+
+
+def test_index_on_error_raise_exits_1_with_one_line(folders, capsys):
     (folders / "gallery" / "red" / "zz.png").write_bytes(b"\x89PNG broken")
-    assert cli.main(["index", str(folders / "gallery"), "-o", str(folders / "m.skr"), *TINY]) == 1
-    assert "cannot read image" in capsys.readouterr().err and not (folders / "m.skr").exists()
+    argv = ["index", str(folders / "gallery"), "-o", str(folders / "m.skr"), "--on-error", "raise", *TINY]
+    assert cli.main(argv) == 1
+    full = capsys.readouterr().err
+    assert "Traceback" not in full and not (folders / "m.skr").exists()
+    (error,) = [line for line in full.splitlines() if "error:" in line]
+    message = error[error.index("skretrieval index: error: "):]  # the progress bar may precede it
+    assert message.startswith("skretrieval index: error: cannot read image") and "zz.png" in message
+    assert full.splitlines()[-1].startswith("hint: ")
+
+
+def test_every_gallery_image_unreadable_exits_1(tmp_path, capsys):
+    _truncated_jpeg(tmp_path / "a.jpg")
+    assert cli.main(["index", str(tmp_path), "-o", str(tmp_path / "m.skr"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "were skipped as unreadable" in err
+    assert not (tmp_path / "m.skr").exists()
+
+
+def test_duplicates_skips_an_unreadable_image(colour_images, tmp_path, capsys):
+    from PIL import Image
+
+    images, _ = colour_images
+    bad = _truncated_jpeg(tmp_path / "00_bad.jpg")  # sorts first: the gallery rows shift by one
+    for n in (0, 8, 16):
+        Image.fromarray(images[n]).save(tmp_path / f"{n:02d}.png")
+    Image.fromarray(images[16]).save(tmp_path / "copy.png")
+    assert cli.main(["duplicates", str(tmp_path), "--threshold", "0.99999", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["group 1: 2 images", f"  {tmp_path / '16.png'}", f"  {tmp_path / 'copy.png'}"]
+    assert str(bad) in captured.err and "skipped 1 unreadable image file(s) of 5" in captured.err
+
+    assert cli.main(["duplicates", str(tmp_path), "--on-error", "raise", *TINY]) == 1
+    assert "00_bad.jpg" in capsys.readouterr().err
+
+
+def test_evaluate_skips_an_unreadable_query(folders, capsys):
+    model, _ = _index(folders, capsys, "--labels-from-folders")
+    bad = _truncated_jpeg(folders / "queries" / "green" / "bad.jpg")
+    argv = ["evaluate", str(model), str(folders / "queries"), "--labels-from-folders", "--json"]
+    assert cli.main([*argv, "--metrics", "recall@1,accuracy"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"recall@1": 1.0, "accuracy": 1.0}  # the 6 readable queries
+    assert str(bad) in captured.err and "skipped 1 unreadable query image file(s) of 7" in captured.err
+
+    assert cli.main([*argv, "--on-error", "raise"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "bad.jpg" in err.splitlines()[-2]
 
 
 def test_usage_errors_exit_2_and_help_0(capsys):
