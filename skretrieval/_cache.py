@@ -30,7 +30,7 @@ def image_key(image: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def encoder_fingerprint(encoder, preprocessing, cache_key=None) -> str | None:
+def encoder_fingerprint(encoder, preprocessing, cache_key=None, variant=None) -> str | None:
     """What makes features differ: the encoder's class and weights, and the preprocessing.
 
     Never ``id()`` or a pickle of the module, which change under deep copies. A plain
@@ -50,6 +50,8 @@ def encoder_fingerprint(encoder, preprocessing, cache_key=None) -> str | None:
     else:
         return None
     digest.update(repr(preprocessing).encode())
+    if variant is not None:  # how it runs, when that changes the numbers (e.g. bf16)
+        digest.update(f"variant:{variant}".encode())
     return digest.hexdigest()
 
 

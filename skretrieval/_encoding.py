@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 from torch import nn
 
 from ._cache import image_key
-from ._preprocessing import resolve_preprocessing
+from ._preprocessing import Preprocessing, resolve_preprocessing
 from .encoders import create_encoder
-from .io import ImageInput, to_unit_float
+from .io import ImageInput, to_rgb, to_unit_float
+from .io._prefetch import prefetch
 
 
 def build_encoder(encoder, weights, preprocessing):
@@ -41,25 +43,34 @@ def build_encoder(encoder, weights, preprocessing):
     )
 
 
-def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, verbose=0, cache=None):
+def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jobs=1, verbose=0, cache=None):
     """Encode every image: returns ``(features float32 (n, d), labels or None)``.
 
-    Labels are those the source yields itself (a Dataset of ``(image, label)`` pairs). With a
-    :class:`~skretrieval._cache.FeatureCache`, only images it does not hold are encoded, and
-    each batch is stored as soon as it is encoded.
+    ``run`` maps a preprocessed batch to the encoder's output (the encoder itself, or an
+    :class:`~skretrieval._inference.InferenceRunner`). Decoding and preprocessing run in a
+    background thread (image files: ``n_jobs`` decoding threads) at most two batches ahead
+    of ``run``, so the input side overlaps the forward pass. Labels are those the source
+    yields itself (a Dataset of ``(image, label)`` pairs). With a
+    :class:`~skretrieval._cache.FeatureCache`, only images it does not hold are encoded,
+    and each batch is stored as soon as it is encoded.
     """
     features, labels = [], []
     progress = _progress(images, verbose)
+    prepared = _prepared_batches(images, preprocess, device, batch_size, n_jobs, cache)
     with torch.inference_mode():
-        for batch, batch_labels in images.batches(batch_size):
-            if len(batch) == 0:  # every file of the batch was skipped (on_error)
-                continue
+        for batch in prefetch(prepared, depth=2):
+            if batch.inputs is not None:
+                encoded = _as_features(run(batch.inputs))
+                if cache is not None:
+                    cache.put_many([batch.keys[i] for i in batch.missing], encoded)
             if cache is None:
-                batch_features = _encode_batch(batch, encoder, preprocess, device)
+                batch_features = encoded
             else:
-                batch_features = _encode_batch_cached(batch, encoder, preprocess, device, cache)
+                for i, vector in zip(batch.missing, encoded if batch.missing else []):
+                    batch.found[i] = vector
+                batch_features = np.stack(batch.found).astype(np.float32, copy=False)
             features.append(batch_features)
-            labels.append(batch_labels)
+            labels.append(batch.labels)
             progress.update(len(batch_features))
     progress.close()
     if not features:
@@ -74,28 +85,46 @@ def encode(images: ImageInput, encoder, preprocess, *, batch_size: int, device, 
     return np.concatenate(features), all_labels
 
 
-def _encode_batch(batch, encoder, preprocess, device) -> np.ndarray:
-    return _as_features(encoder(_preprocess_batch(batch, preprocess, device)))
+@dataclass
+class _PreparedBatch:
+    """One batch ready for the encoder: ``inputs`` holds the images the cache lacks."""
+
+    inputs: torch.Tensor | None
+    labels: np.ndarray | None
+    keys: list | None = None
+    found: list | None = None
+    missing: list = field(default_factory=list)
 
 
-def _encode_batch_cached(batch, encoder, preprocess, device, cache) -> np.ndarray:
-    keys = [image_key(image) for image in batch]
-    found = cache.get_many(keys)
-    missing = [i for i, vector in enumerate(found) if vector is None]
-    if missing:
-        subset = batch[missing] if isinstance(batch, torch.Tensor) else [batch[i] for i in missing]
-        encoded = _encode_batch(subset, encoder, preprocess, device)
-        cache.put_many([keys[i] for i in missing], encoded)
-        for i, vector in zip(missing, encoded):
-            found[i] = vector
-    return np.stack(found).astype(np.float32, copy=False)
+def _prepared_batches(images: ImageInput, preprocess, device, batch_size, n_jobs, cache):
+    """Decode, look up in the cache and preprocess, batch by batch (runs in a background thread)."""
+    decode_size = preprocess.decode_size if isinstance(preprocess, Preprocessing) else None
+    with torch.inference_mode():  # thread-local: this generator runs in its own thread
+        for batch, labels in images.batches(batch_size, n_jobs=n_jobs, decode_size=decode_size):
+            if len(batch) == 0:  # every file of the batch was skipped (on_error)
+                continue
+            if cache is None:
+                yield _PreparedBatch(_preprocess_batch(batch, preprocess, device), labels)
+                continue
+            keys = [image_key(image) for image in batch]
+            found = cache.get_many(keys)
+            missing = [i for i, vector in enumerate(found) if vector is None]
+            subset = batch[missing] if isinstance(batch, torch.Tensor) else [batch[i] for i in missing]
+            inputs = _preprocess_batch(subset, preprocess, device) if missing else None
+            yield _PreparedBatch(inputs, labels, keys, found, missing)
 
 
 def _preprocess_batch(batch, preprocess, device) -> torch.Tensor:
     """A uint8/float batch (tensor or list of varied sizes) as encoder input on ``device``."""
     if isinstance(batch, torch.Tensor):
-        return preprocess(to_unit_float(batch.to(device)))
-    return torch.cat([preprocess(to_unit_float(image.to(device))[None]) for image in batch])
+        return _preprocess(batch.to(device), preprocess)
+    return torch.cat([_preprocess(image.to(device)[None], preprocess) for image in batch])
+
+
+def _preprocess(images: torch.Tensor, preprocess) -> torch.Tensor:
+    if images.dtype == torch.uint8 and isinstance(preprocess, Preprocessing):
+        return preprocess(to_rgb(images))  # resized as uint8: much faster than as floats
+    return preprocess(to_unit_float(images))
 
 
 def _as_features(output) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Image inputs: reading ``X``, decoding files."""
 
 from ._decode import IMAGE_SUFFIXES, list_image_files, load_image
-from ._inputs import FeatureInput, ImageInput, read_feature_file, read_input, to_unit_float
+from ._inputs import FeatureInput, ImageInput, read_feature_file, read_input, to_rgb, to_unit_float
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -11,5 +11,6 @@ __all__ = [
     "load_image",
     "read_feature_file",
     "read_input",
+    "to_rgb",
     "to_unit_float",
 ]

@@ -28,10 +28,14 @@ def pil_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def load_image(path) -> torch.Tensor:
+def load_image(path, decode_size=None) -> torch.Tensor:
     """Decode one image file to a uint8 tensor (3, H, W).
 
-    Raises a ``ValueError`` that names the file when it cannot be read as an image.
+    ``decode_size(height, width) -> (height, width)`` is the smallest size the image may be
+    decoded at (e.g. :meth:`Preprocessing.decode_size`): a JPEG is then decoded at the
+    largest reduced scale (1/2, 1/4, 1/8) that still covers it, which is much faster for
+    photos larger than the encoder's input. Raises a ``ValueError`` that names the file
+    when it cannot be read as an image.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -40,6 +44,8 @@ def load_image(path) -> torch.Tensor:
             # Between the pixel limit and twice it PIL only warns; refuse it as PIL does above.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if decode_size is not None and image.format == "JPEG":
+                    _draft(image, decode_size)
                 return pil_to_tensor(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.") from None
@@ -50,6 +56,21 @@ def load_image(path) -> torch.Tensor:
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image {str(path)!r}: {exc}") from exc
+
+
+# EXIF orientations that swap width and height (transposed, rotated by 90 or 270 degrees).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _draft(image, decode_size) -> None:
+    """Let the JPEG decoder scale down by 2, 4 or 8 as far as ``decode_size`` allows."""
+    width, height = image.size
+    swapped = image.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS  # as displayed after exif_transpose
+    if swapped:
+        width, height = height, width
+    min_height, min_width = decode_size(height, width)
+    requested = (min_height, min_width) if swapped else (min_width, min_height)
+    image.draft(None, requested)  # PIL keeps both sides >= requested
 
 
 def list_image_files(directory) -> list[str]:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from ._decode import list_image_files, load_image, pil_to_tensor
+from ._prefetch import ordered_map
 
 FEATURE_FILE_SUFFIXES = (".npy", ".npz", ".pt")
 _ACCEPTED = (
@@ -50,7 +53,10 @@ class ImageInput:
     """Images to encode. ``batches(batch_size)`` yields ``(images, labels or None)``.
 
     ``images`` is a tensor ``(B, 3, H, W)`` or a list of ``(3, H, W)`` tensors of varied
-    sizes, uint8 or float in [0, 1]. ``n`` is None when the source has no length.
+    sizes, uint8 or float in [0, 1]. ``n`` is None when the source has no length. Image
+    files also take ``batches(batch_size, n_jobs, decode_size)``: decoded by ``n_jobs``
+    threads at most two batches ahead, at reduced scale where ``decode_size`` allows (see
+    :func:`load_image`); other sources ignore both.
     """
 
     batches: Callable[[int], Iterator[tuple]]
@@ -143,7 +149,7 @@ def _read_tensor(X: torch.Tensor):
     _check_range(X, "X")
     X = X.detach()
     return ImageInput(
-        lambda b: ((X[i : i + b], None) for i in range(0, len(X), b)),
+        lambda b, **_: ((X[i : i + b], None) for i in range(0, len(X), b)),
         len(X),
         description=f"torch images {tuple(X.shape)}",
     )
@@ -167,7 +173,7 @@ def _read_array(X: np.ndarray):
     _check_channels(X.shape[3], f"numpy images of shape {X.shape} (channels last)")
     _check_range(X, "X")
     return ImageInput(
-        lambda b: ((_array_batch(X[i : i + b]), None) for i in range(0, len(X), b)),
+        lambda b, **_: ((_array_batch(X[i : i + b]), None) for i in range(0, len(X), b)),
         len(X),
         description=f"numpy images {X.shape}",
     )
@@ -185,7 +191,7 @@ def _read_sequence(X, on_error: str = "raise"):
     if all(_is_pil(x) or (isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim >= 2) for x in X):
         items = list(X)
 
-        def batches(b):
+        def batches(b, **_):
             for i in range(0, len(items), b):
                 yield [_item_tensor(x, f"X[{i + j}]") for j, x in enumerate(items[i : i + b])], None
 
@@ -202,22 +208,32 @@ def _files_input(files: list[str], description: str, on_error: str = "raise") ->
         if Path(f).suffix.lower() in FEATURE_FILE_SUFFIXES:
             raise ValueError(f"{f!r} is a feature file; pass it alone as X, not inside a list of images.")
 
-    def batches(b):
+    def batches(b, n_jobs=1, decode_size=None):
         source.skipped.clear()
-        for i in range(0, len(files), b):
-            if on_error == "raise":
-                yield [load_image(f) for f in files[i : i + b]], None
-                continue
-            images = []
-            for j, f in enumerate(files[i : i + b], start=i):
-                try:
-                    images.append(load_image(f))
-                except (ValueError, OSError) as exc:  # FileNotFoundError too: a file gone meanwhile
-                    source.skipped.append((j, f, str(exc)))
-            yield images, None
+        decoded = ordered_map(partial(_try_load, decode_size=decode_size), files, n_jobs, window=2 * b)
+        with closing(decoded):  # stopping early cancels the decoding still queued
+            for i in range(0, len(files), b):
+                images = []
+                for j in range(i, min(i + b, len(files))):
+                    image, error = next(decoded)
+                    if error is None:
+                        images.append(image)
+                    elif on_error == "raise":
+                        raise error
+                    else:
+                        source.skipped.append((j, files[j], str(error)))
+                yield images, None
 
     source = ImageInput(batches, len(files), ids=np.asarray(files), description=description, sources=files)
     return source
+
+
+def _try_load(path, decode_size):
+    """``(image, None)``, or ``(None, error)`` when the file cannot be read (decided by the caller)."""
+    try:
+        return load_image(path, decode_size), None
+    except (ValueError, OSError) as exc:  # FileNotFoundError too: a file gone meanwhile
+        return None, exc
 
 
 def _read_dataset(dataset):
@@ -225,7 +241,7 @@ def _read_dataset(dataset):
     samples = getattr(dataset, "samples", None)  # torchvision ImageFolder keeps (path, label)
     ids = np.asarray([s[0] for s in samples]) if samples is not None else None
 
-    def batches(b):
+    def batches(b, **_):
         images, labels = [], []
         for i, item in enumerate(_iterate_dataset(dataset, n)):
             image, label = _split_item(item)
@@ -249,7 +265,7 @@ def _iterate_dataset(dataset, n):
 
 
 def _read_dataloader(loader):
-    def batches(_):
+    def batches(_, **__):
         for i, batch in enumerate(loader):
             images, labels = _split_item(batch)
             if isinstance(images, torch.Tensor) and images.ndim == 4:
@@ -343,6 +359,11 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
         images = images.float() / 255.0
     else:
         images = images.float()
+    return to_rgb(images)
+
+
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Make a batch (or image) 3-channel: grey is repeated, alpha dropped; dtype kept."""
     if images.shape[-3] == 1:
         images = images.expand(*images.shape[:-3], 3, *images.shape[-2:])
     elif images.shape[-3] == 4:

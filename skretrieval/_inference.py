@@ -1,0 +1,234 @@
+"""How the encoder runs at inference: eager, frozen (TorchScript) or compiled; fp32 or bf16.
+
+The fast copies are derived state, never the estimator's: built on first use under a lock
+(so concurrent queries build each one once), left out of pickles and clones (rebuilt after
+loading), and thrown away whenever ``fit`` may have changed the weights. Training never
+uses them; it runs ``encoder_`` eagerly in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import warnings
+
+import torch
+from torch import nn
+
+from .search._precision import cpu_has_bf16_matmul
+
+COMPILE_MODES = ("auto", "off", "freeze", "inductor")
+ENCODE_PRECISIONS = ("auto", "fp32", "bf16")
+# compile="auto" freezes a built-in encoder for jobs of at least this many images: tracing
+# takes about a second, what encoding a hundred-odd images eagerly takes on two cores.
+AUTO_FREEZE_MIN_IMAGES = 512
+# A traced copy must agree with the eager module at least this well (cosine per row);
+# a trace that took a wrong branch of data-dependent code is far off.
+_TRACE_AGREEMENT = 0.99
+
+
+def resolve_encode_precision(precision: str, device: torch.device, checked: bool) -> torch.dtype:
+    """The autocast dtype of an ``encode_precision`` value.
+
+    ``"auto"`` is bf16 where it was ``checked`` (a built-in encoder, not fine-tuned:
+    retrieval results unchanged) on hardware with fast bf16 (CUDA with bf16 support, CPUs
+    with AMX-BF16 or AVX512-BF16), float32 otherwise: other modules may be sensitive to
+    bf16 rounding.
+    """
+    if precision not in ENCODE_PRECISIONS:
+        raise ValueError(f"encode_precision={precision!r} is not supported; use one of {ENCODE_PRECISIONS}.")
+    if precision == "auto":
+        return torch.bfloat16 if checked and _fast_bf16(device) else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _fast_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16_matmul()
+
+
+def resolve_compile(mode: str, n_images: int | None, built_in: bool, is_module: bool) -> str:
+    """``"eager"``, ``"freeze"`` or ``"inductor"`` for a ``compile`` value and a job size."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile={mode!r} is not supported; use one of {COMPILE_MODES}.")
+    if not is_module or mode == "off":
+        return "eager"  # a plain callable has no graph to freeze
+    if mode == "auto":
+        big = n_images is None or n_images >= AUTO_FREEZE_MIN_IMAGES
+        return "freeze" if built_in and big else "eager"
+    return mode
+
+
+class InferenceRunner:
+    """Run an encoder on preprocessed batches, the fastest way asked for that works.
+
+    Parameters
+    ----------
+    encoder : nn.Module or callable
+        The fitted encoder. It is never modified; fast paths use copies.
+    device : torch.device
+        Where batches and the encoder live.
+    batch_size : int
+        The largest batch the runner is given. Frozen copies are traced for a few batch
+        sizes only (powers of two below it, and it); smaller batches are padded up.
+    channels_last : bool
+        Run a channels-last copy of a module (faster convolutions on CPUs and GPUs).
+    verify : bool
+        Check each traced copy against the eager module on its first batch, and fall back
+        to eager when they disagree (for modules whose code paths are not known).
+
+    Attributes
+    ----------
+    warmup_seconds : dict
+        Seconds spent building each fast copy (tracing, freezing, compiling), by mode.
+    """
+
+    def __init__(self, encoder, device, batch_size: int, *, channels_last: bool, verify: bool):
+        self.encoder = encoder
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.channels_last = channels_last and isinstance(encoder, nn.Module)
+        self.verify = verify
+        self.warmup_seconds: dict[str, float] = {}
+        self._lock = threading.RLock()  # building a fast copy needs the eager one
+        self._eager = None
+        self._frozen: dict[tuple, object] = {}
+        self._compiled = None
+        self._compiled_shapes: set[tuple] = set()
+        self._failed: set[str] = set()
+
+    def __call__(self, batch: torch.Tensor, mode: str = "eager", dtype=torch.float32):
+        """The encoder's output for a preprocessed float batch ``(N, C, H, W)``."""
+        if self.channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        mode = "eager" if mode in self._failed else mode
+        with torch.inference_mode(), _autocast(self.device, dtype):
+            if mode == "freeze":
+                return self._run_frozen(batch, dtype)
+            if mode == "inductor":
+                return self._run_compiled(batch, dtype)
+            return self._eager_model()(batch)
+
+    def _eager_model(self):
+        if self._eager is None:
+            with self._lock:
+                if self._eager is None:
+                    self._eager = self._copy() if self.channels_last else self.encoder
+        return self._eager
+
+    def _copy(self):
+        model = copy.deepcopy(self.encoder).eval()
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def _run_frozen(self, batch, dtype):
+        n = len(batch)
+        if n > self.batch_size:  # only for callers that ignore batch_size
+            return torch.cat([self._run_frozen(chunk, dtype) for chunk in batch.split(self.batch_size)])
+        padded = _pad(batch, self._bucket(n))
+        key = (tuple(padded.shape), padded.dtype, padded.stride(), dtype)
+        model = self._frozen.get(key)
+        if model is None:
+            with self._lock:
+                model = self._frozen.get(key)
+                if model is None:
+                    model = self._build_frozen(padded)
+                    if model is None:
+                        return self._eager_model()(batch)
+                    self._frozen[key] = model
+        return _first_output(model(padded))[:n]
+
+    def _bucket(self, n: int) -> int:
+        """The traced batch size a batch of ``n`` runs at: a power of two, or ``batch_size``."""
+        size = 1
+        while size < n:
+            size *= 2
+        return min(size, self.batch_size)
+
+    def _build_frozen(self, example):
+        """Trace and freeze a copy for ``example``'s shape; None (eager from now) if that fails."""
+        start = time.perf_counter()
+        eager = self._eager_model()
+        try:
+            with warnings.catch_warnings():
+                # Shape arithmetic turns into constants: right, since each copy serves one shape.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                # TorchScript is deprecated in favour of torch.compile, which takes tens of
+                # seconds where a trace takes one; the eager fallback covers its removal.
+                warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+                traced = torch.jit.trace(eager, example, check_trace=False)
+                frozen = torch.jit.freeze(traced.eval())
+            out = _first_output(frozen(example))  # the first runs optimise the graph
+            if self.verify and not _agree(out, _first_output(eager(example))):
+                raise RuntimeError("the traced copy's output differs from the module's own")
+        except Exception as exc:  # noqa: BLE001 - any failure means: run eagerly
+            return self._fall_back("freeze", exc)
+        self.warmup_seconds["freeze"] = self.warmup_seconds.get("freeze", 0.0) + time.perf_counter() - start
+        return frozen
+
+    def _run_compiled(self, batch, dtype):
+        """Every batch runs padded to ``batch_size``: one shape, so one compilation."""
+        n = len(batch)
+        if n > self.batch_size:
+            return torch.cat([self._run_compiled(chunk, dtype) for chunk in batch.split(self.batch_size)])
+        padded = _pad(batch, self.batch_size)
+        key = (tuple(padded.shape), padded.dtype, padded.stride(), dtype)
+        if key not in self._compiled_shapes:
+            with self._lock:  # the first call of a shape compiles: once, whoever asks first
+                if "inductor" in self._failed:
+                    return self._eager_model()(batch)
+                if key not in self._compiled_shapes:
+                    start = time.perf_counter()
+                    try:
+                        if self._compiled is None:
+                            self._compiled = torch.compile(self._eager_model(), dynamic=False)
+                        out = _first_output(self._compiled(padded))
+                    except Exception as exc:  # noqa: BLE001 - no compiler, unsupported op...
+                        self._fall_back("inductor", exc)
+                        return self._eager_model()(batch)
+                    self._compiled_shapes.add(key)
+                    self.warmup_seconds["inductor"] = (
+                        self.warmup_seconds.get("inductor", 0.0) + time.perf_counter() - start
+                    )
+                    return out[:n]
+        return _first_output(self._compiled(padded))[:n]
+
+    def _fall_back(self, mode: str, exc: Exception):
+        self._failed.add(mode)
+        warnings.warn(
+            f"compile={mode!r} is not available for this encoder ({type(exc).__name__}: {exc}); "
+            "encoding runs eagerly instead (set compile='off' to silence this).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
+def _autocast(device: torch.device, dtype):
+    enabled = dtype != torch.float32
+    return torch.autocast(device.type, dtype=dtype if enabled else torch.bfloat16, enabled=enabled)
+
+
+def _pad(batch: torch.Tensor, size: int) -> torch.Tensor:
+    if len(batch) == size:
+        return batch
+    padding = batch[-1:].expand(size - len(batch), *batch.shape[1:])  # real pixels, not zeros
+    return torch.cat([batch, padding]).contiguous(memory_format=_memory_format(batch))
+
+
+def _memory_format(batch: torch.Tensor):
+    if batch.ndim == 4 and batch.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _first_output(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    a, b = a.float().flatten(1), b.float().flatten(1)
+    return bool(torch.nn.functional.cosine_similarity(a, b).min() >= _TRACE_AGREEMENT)
