@@ -55,9 +55,8 @@ def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jo
     and each batch is stored as soon as it is encoded.
     """
     features, labels = [], []
-    progress = _progress(images, verbose)
     prepared = _prepared_batches(images, preprocess, device, batch_size, n_jobs, cache)
-    with torch.inference_mode():
+    with torch.inference_mode(), _progress(images, verbose) as progress:  # closed on errors too
         for batch in prefetch(prepared, depth=2):
             if batch.inputs is not None:
                 encoded = _as_features(run(batch.inputs))
@@ -72,7 +71,6 @@ def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jo
             features.append(batch_features)
             labels.append(batch.labels)
             progress.update(len(batch_features))
-    progress.close()
     if not features:
         if images.skipped:
             index, name, reason = images.skipped[0]

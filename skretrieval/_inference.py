@@ -8,6 +8,7 @@ uses them; it runs ``encoder_`` eagerly in float32.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -17,6 +18,15 @@ import torch
 from torch import nn
 
 from .search._precision import cpu_has_bf16_matmul
+
+# Filters set once at import: warnings.catch_warnings around each trace would race with
+# the decoding threads (it swaps the process-wide filter list).
+# Shape arithmetic in the built-in encoders becomes constants when traced: right, since each
+# frozen copy serves one input shape.
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"skretrieval\.")
+# TorchScript is deprecated in favour of torch.compile, which takes tens of seconds where a
+# trace takes one; if it goes, freezing falls back to eager.
+warnings.filterwarnings("ignore", r"`torch\.jit\.(trace|trace_method|freeze)` is deprecated", FutureWarning)
 
 COMPILE_MODES = ("auto", "off", "freeze", "inductor")
 ENCODE_PRECISIONS = ("auto", "fp32", "bf16")
@@ -104,9 +114,10 @@ class InferenceRunner:
         if self.channels_last and batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         mode = "eager" if mode in self._failed else mode
-        with torch.inference_mode(), _autocast(self.device, dtype):
-            if mode == "freeze":
+        with torch.inference_mode():
+            if mode == "freeze":  # a frozen copy has its casts built in
                 return self._run_frozen(batch, dtype)
+        with torch.inference_mode(), _autocast(self.device, dtype):
             if mode == "inductor":
                 return self._run_compiled(batch, dtype)
             return self._eager_model()(batch)
@@ -133,9 +144,10 @@ class InferenceRunner:
             with self._lock:
                 model = self._frozen.get(key)
                 if model is None:
-                    model = self._build_frozen(padded)
+                    model = self._build_frozen(padded, dtype)
                     if model is None:
-                        return self._eager_model()(batch)
+                        with _autocast(self.device, dtype):
+                            return self._eager_model()(batch)
                     self._frozen[key] = model
         return _first_output(model(padded))[:n]
 
@@ -146,21 +158,24 @@ class InferenceRunner:
             size *= 2
         return min(size, self.batch_size)
 
-    def _build_frozen(self, example):
-        """Trace and freeze a copy for ``example``'s shape; None (eager from now) if that fails."""
+    def _build_frozen(self, example, dtype):
+        """Trace and freeze a copy for ``example``'s shape; None (eager from now) if that fails.
+
+        The trace runs under the autocast, so it records the casts the eager module makes
+        (and keeps the float32 regions the module asks for): the copy runs without one.
+        TorchScript's own autocast pass, which would re-cast every op, is off meanwhile.
+        """
         start = time.perf_counter()
         eager = self._eager_model()
         try:
-            with warnings.catch_warnings():
-                # Shape arithmetic turns into constants: right, since each copy serves one shape.
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                # TorchScript is deprecated in favour of torch.compile, which takes tens of
-                # seconds where a trace takes one; the eager fallback covers its removal.
-                warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            with _autocast(self.device, dtype), _without_jit_autocast():
                 traced = torch.jit.trace(eager, example, check_trace=False)
                 frozen = torch.jit.freeze(traced.eval())
-            out = _first_output(frozen(example))  # the first runs optimise the graph
-            if self.verify and not _agree(out, _first_output(eager(example))):
+                reference = _first_output(eager(example)) if self.verify else None
+            with _without_jit_autocast():
+                for _ in range(2):  # the first runs optimise the graph
+                    out = _first_output(frozen(example))
+            if reference is not None and not _agree(out, reference):
                 raise RuntimeError("the traced copy's output differs from the module's own")
         except Exception as exc:  # noqa: BLE001 - any failure means: run eagerly
             return self._fall_back("freeze", exc)
@@ -203,6 +218,18 @@ class InferenceRunner:
             stacklevel=4,
         )
         return None
+
+
+@contextlib.contextmanager
+def _without_jit_autocast():
+    """Turn TorchScript's autocast pass off (a process-wide switch), then restore it."""
+    switch = getattr(torch._C, "_jit_set_autocast_mode", None)
+    previous = switch(False) if switch is not None else None
+    try:
+        yield
+    finally:
+        if switch is not None:
+            switch(previous)
 
 
 def _autocast(device: torch.device, dtype):

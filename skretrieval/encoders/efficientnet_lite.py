@@ -20,6 +20,12 @@ retrieval benchmark at 64 px):
   EfficientNet-Lite recipe (chosen there for quantisation), not ImageNet's mean and std.
   The stem's running BatchNorm statistics fit it far better (mean Gaussian KL 1.57 against
   2.30) and the frozen Recall@1 rises from 0.867 to 0.893.
+
+Under a bf16 autocast the stem and the first two blocks (the 112 x 112 layers) stay float32:
+rounding there is amplified by every later block. On 128 JPEG photos at 224 px, the cosine
+of bf16 to float32 features was at least 0.9935 (mean 0.99909) with every layer in bf16,
+0.99951 with the stem and one block in float32 and 0.99966 (mean 0.99988) with two; frozen
+(BatchNorm folded into the convolutions, which costs bf16 more) 0.9871, 0.9976 and 0.99948.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ _STAGES = (
 _BN = {"eps": 1e-3, "momentum": 0.01}
 _WEIGHT_NAMES = ("DEFAULT", "IMAGENET1K_V1")
 _IMAGENET_CLASSES = 1000
+# Blocks after the stem that run in float32 under a bf16 autocast (see the module's notes).
+_FP32_BLOCKS = 2
 # TensorFlow's EfficientNet-Lite input normalisation, (pixel - 127) / 128, on [0, 1] images.
 TF_LITE_MEAN = (127 / 255,) * 3
 TF_LITE_STD = (128 / 255,) * 3
@@ -171,8 +179,11 @@ class EfficientNetLite(nn.Module):
         -------
         torch.Tensor of shape (N, 1280)
         """
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        x = self._blocks(x)
+        # The stem and the first two blocks stay float32 under a bf16 autocast: rounding
+        # there is carried through every later block (see the module's notes).
+        with torch.autocast(x.device.type, enabled=False):
+            x = self._blocks[:_FP32_BLOCKS](F.relu6(self._bn0(self._conv_stem(x.float()))))
+        x = self._blocks[_FP32_BLOCKS:](x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 

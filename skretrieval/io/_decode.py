@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +39,36 @@ def load_image(path, decode_size=None) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            # Between the pixel limit and twice it PIL only warns; refuse it as PIL does above.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if decode_size is not None and image.format == "JPEG":
-                    _draft(image, decode_size)
-                return pil_to_tensor(image)
+        with Image.open(path) as image:
+            _check_pixel_limit(image)
+            if decode_size is not None and image.format == "JPEG":
+                _draft(image, decode_size)
+            return pil_to_tensor(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ValueError(
             f"cannot read image {str(path)!r}: it is too large ({exc}); raise "
             "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image {str(path)!r}: {exc}") from exc
+
+
+def _check_pixel_limit(image) -> None:
+    """Refuse images above PIL's pixel limit, where PIL itself only warns up to twice it.
+
+    Checked here, not by turning the warning into an error: ``warnings.catch_warnings``
+    changes process-wide state and would race with the other decoding threads.
+    """
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        raise Image.DecompressionBombError(
+            f"Image size ({width * height} pixels) exceeds limit of {limit} pixels"
+        )
 
 
 # EXIF orientations that swap width and height (transposed, rotated by 90 or 270 degrees).
