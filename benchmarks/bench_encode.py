@@ -155,7 +155,9 @@ def main():
                 cold[name].append(c)
                 warm[name].append(w)
                 warmup[name].append(up)
-            print(f"round {round_ + 1}/{args.repeats} done", flush=True)
+            loops = ", ".join(f"{w} workers {n / t[-1]:.1f}" for w, t in loop_times.items())
+            ours_ = ", ".join(f"{name} {n / cold[name][-1]:.1f}/{n / warm[name][-1]:.1f}" for name in configs)
+            print(f"round {round_ + 1}/{args.repeats} img/s: loop {loops}; cold/warm {ours_}", flush=True)
 
         loop_rate = max(n / statistics.median(times) for times in loop_times.values())
         print()

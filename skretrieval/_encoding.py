@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,17 +57,17 @@ def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jo
     """
     features, labels = [], []
     prepared = _prepared_batches(images, preprocess, device, batch_size, n_jobs, cache)
-    with torch.inference_mode(), _progress(images, verbose) as progress:  # closed on errors too
-        for batch in prefetch(prepared, depth=2):
-            if batch.inputs is not None:
-                encoded = _as_features(run(batch.inputs))
-                if cache is not None:
-                    cache.put_many([batch.keys[i] for i in batch.missing], encoded)
+    # Both closed on errors too: the progress bar, and the threads running ahead.
+    with torch.inference_mode(), _progress(images, verbose) as progress, closing(prefetch(prepared, depth=2)) as ready:
+        for batch in ready:
+            encoded = None if batch.inputs is None else _as_features(run(batch.inputs))
             if cache is None:
                 batch_features = encoded
             else:
-                for i, vector in zip(batch.missing, encoded if batch.missing else []):
-                    batch.found[i] = vector
+                if encoded is not None:
+                    cache.put_many([batch.keys[i] for i in batch.missing], encoded)
+                    for i, vector in zip(batch.missing, encoded):
+                        batch.found[i] = vector
                 batch_features = np.stack(batch.found).astype(np.float32, copy=False)
             features.append(batch_features)
             labels.append(batch.labels)

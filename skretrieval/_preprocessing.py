@@ -89,9 +89,15 @@ class Preprocessing:
 
         A uint8 batch is resized and cropped as uint8, then scaled: about nine times faster
         than resizing floats on a CPU, and within 1/255 of it per pixel (the resized values
-        are rounded to integers, as PIL does).
+        are rounded to integers, as PIL does). Bicubic resizing always runs on floats.
         """
         mode = _INTERPOLATIONS[self.interpolation]
+        if images.dtype == torch.uint8 and self.interpolation == "bicubic":
+            images = images.float().div_(255.0)  # torch's uint8 bicubic is another filter
+        elif images.dtype == torch.uint8 and images.ndim == 4:
+            # torch's uint8 kernel works channels-last; a contiguous batch resized to 1 x 1
+            # trips an internal assertion of torch 2.x.
+            images = images.contiguous(memory_format=torch.channels_last)
         if self.resize_mode == "stretch":
             images = TF.resize(images, list(self.size), interpolation=mode, antialias=True)
         else:

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._inference import COMPILE_MODES, ENCODE_PRECISIONS
+
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
 _ON_ERROR = ("raise", "skip", "warn")
 _MAX_LISTED = 10  # unreadable files named one per line on stderr; the rest are counted
@@ -94,7 +96,8 @@ def _retriever(args):
     preprocessing = None if args.image_size is None else {"size": args.image_size}
     return ImageRetriever(
         args.encoder, weights=weights, preprocessing=preprocessing, batch_size=args.batch_size,
-        device=args.device, on_error=_estimator_on_error(args), verbose=1,
+        device=args.device, on_error=_estimator_on_error(args), n_jobs=args.n_jobs,
+        compile=args.compile, encode_precision=args.precision, verbose=1,
     )
 
 
@@ -280,6 +283,20 @@ def _encoder_options(parser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="input size (default: the encoder's)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    parser.add_argument(
+        "--n-jobs", type=int, default=None,
+        help="threads decoding images ahead of the encoder; -1: all CPUs (default: 1)",
+    )
+    parser.add_argument(
+        "--compile", choices=COMPILE_MODES, default="auto",
+        help="how the encoder runs: frozen TorchScript, torch.compile (inductor) or eager (off) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--precision", choices=ENCODE_PRECISIONS, default="auto",
+        help="dtype the encoder computes in (default: %(default)s: bf16 for the built-in "
+        "encoders on CPUs/GPUs with fast bf16)",
+    )
 
 
 def _on_error_option(parser) -> None:

@@ -1,0 +1,182 @@
+"""The encoder's fast paths (frozen, compiled, bf16, channels-last) keep its answers and its state."""
+
+import copy
+import pickle
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from helpers import TinyEncoder
+from sklearn.base import clone
+
+from skretrieval import ImageEncoder, ImageRetriever
+from skretrieval._inference import (
+    AUTO_FREEZE_MIN_IMAGES,
+    InferenceRunner,
+    resolve_compile,
+    resolve_encode_precision,
+)
+from skretrieval.search._precision import cpu_has_bf16_matmul
+
+TINY = {"preprocessing": {"size": 8, "crop_pct": 1.0}, "device": "cpu"}
+
+
+def _images(n, seed=0, size=10):
+    return np.random.default_rng(seed).random((n, size, size, 3)).astype(np.float32)
+
+
+def _cosines(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("compile_mode", ["freeze", "inductor"])
+def test_fast_copies_give_the_eager_features(compile_mode):
+    if compile_mode == "inductor":
+        pytest.importorskip("torch._inductor")
+    images = _images(13)  # batches of 5, 5 and 3: a padded last batch
+    eager = ImageEncoder(TinyEncoder(), batch_size=5, compile="off", **TINY).fit(images[:1])
+    fast = ImageEncoder(TinyEncoder(), batch_size=5, compile=compile_mode, **TINY).fit(images[:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fall-back to eager
+        got = fast.transform(images)
+    np.testing.assert_allclose(got, eager.transform(images), rtol=1e-5, atol=1e-6)
+    assert fast._inference_runner.warmup_seconds[compile_mode] > 0
+
+
+def test_default_encoder_frozen_and_bf16_stay_close_to_fp32_eager():
+    """The pretrained built-in encoder (packaged weights), frozen in fp32 and in bf16."""
+    images = _images(6, size=80)
+    params = {"encoder": "efficientnet_lite0", "preprocessing": {"size": 64}, "device": "cpu", "batch_size": 4}
+    reference = ImageEncoder(compile="off", encode_precision="fp32", **params).fit(images[:1]).transform(images)
+    frozen = ImageEncoder(compile="freeze", encode_precision="fp32", **params).fit(images[:1])
+    np.testing.assert_allclose(frozen.transform(images), reference, rtol=1e-4, atol=1e-5)
+    for compile_mode in ("off", "freeze"):
+        bf16 = ImageEncoder(compile=compile_mode, encode_precision="bf16", **params).fit(images[:1])
+        assert _cosines(bf16.transform(images), reference).min() > 0.99
+
+
+def test_frozen_copies_one_per_batch_bucket():
+    runner = InferenceRunner(TinyEncoder(), "cpu", batch_size=12, channels_last=True, verify=False)
+    x = torch.rand(12, 3, 8, 8)
+    expected = TinyEncoder()(x).detach()
+    for n in (1, 2, 3, 4, 5, 7, 8, 9, 12):  # buckets 1, 2, 4, 8, 12
+        torch.testing.assert_close(runner(x[:n], mode="freeze"), expected[:n], rtol=1e-5, atol=1e-6)
+    assert len(runner._frozen) == 5
+
+
+def test_a_trace_that_took_one_branch_falls_back_to_eager():
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            pooled = x.mean(dim=(2, 3))
+            return pooled * 2 if pooled.mean() > 0.5 else -pooled  # data-dependent
+
+    dark, bright = _images(4) * 0.2, 0.8 + _images(4, seed=1) * 0.2
+    model = ImageEncoder(Branchy(), compile="freeze", batch_size=4, **TINY).fit(dark)
+    model.transform(dark)  # traced on the dark branch
+    with pytest.warns(RuntimeWarning, match="disagrees"):
+        got = model.transform(bright)
+    expected = ImageEncoder(Branchy(), compile="off", batch_size=4, **TINY).fit(dark).transform(bright)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    np.testing.assert_allclose(model.transform(bright), expected, rtol=1e-6)  # eager from now
+
+
+def test_an_untraceable_module_warns_and_runs_eagerly():
+    class WithNote(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3)), "a note"  # tracing refuses non-tensor outputs
+
+    images = _images(3)
+    expected = ImageEncoder(WithNote(), compile="off", **TINY).fit(images).transform(images)
+    model = ImageEncoder(WithNote(), compile="freeze", **TINY).fit(images)
+    with pytest.warns(RuntimeWarning, match="compile='freeze' is not available"):
+        got = model.transform(images)
+    np.testing.assert_array_equal(got, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # warned once; eager from now
+        np.testing.assert_array_equal(model.transform(images), expected)
+
+
+def test_threads_build_each_copy_once_and_agree():
+    images = _images(40)
+    model = ImageRetriever(TinyEncoder(), compile="freeze", batch_size=8, topk=3, **TINY).fit(images)
+    queries = [_images(8, seed=s) for s in range(16)]
+    serial = [model.transform(q) for q in queries]
+    model._inference_runner = model._new_runner()  # threads race to build the copies
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(model.transform, queries))
+    for got, expected in zip(results, serial):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert list(model._inference_runner._frozen) and len(model._inference_runner._frozen) == 1
+
+
+def test_fast_copies_are_never_pickled_or_cloned():
+    images = _images(10)
+    model = ImageRetriever(TinyEncoder(), compile="freeze", batch_size=4, **TINY).fit(images)
+    expected = model.transform(images)
+    assert model._inference_runner._frozen  # built
+    for restored in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert "_inference_runner" not in restored.__dict__
+        np.testing.assert_allclose(restored.transform(images), expected, rtol=1e-6)
+        assert restored._inference_runner._frozen  # rebuilt on first use
+    assert "_inference_runner" not in clone(model).__dict__
+
+
+def test_refit_after_training_rebuilds_the_copies():
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((16, 10, 10, 3)).astype(np.float32), np.repeat([0, 1], 8)
+    model = ImageRetriever(
+        TinyEncoder(), compile="freeze", head="linear", fine_tune="all", max_epochs=2, lr=0.1,
+        batch_size=8, random_state=0, **TINY,
+    ).fit(images, labels)
+    before = model._inference_runner
+    model.transform(images)
+    model.set_params(warm_start=True).fit(images, labels)  # trains the encoder further
+    assert model._inference_runner is not before
+    np.testing.assert_allclose(model.transform(images), model.prototype_, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_rules():
+    cpu = torch.device("cpu")
+    bf16_cpu = torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
+    assert resolve_encode_precision("auto", cpu, checked=True) == bf16_cpu
+    assert resolve_encode_precision("auto", cpu, checked=False) == torch.float32
+    assert resolve_encode_precision("bf16", cpu, checked=False) == torch.bfloat16
+    assert resolve_encode_precision("fp32", cpu, checked=True) == torch.float32
+    big, small = AUTO_FREEZE_MIN_IMAGES, AUTO_FREEZE_MIN_IMAGES - 1
+    assert resolve_compile("auto", big, built_in=True, is_module=True) == "freeze"
+    assert resolve_compile("auto", None, built_in=True, is_module=True) == "freeze"
+    assert resolve_compile("auto", small, built_in=True, is_module=True) == "eager"
+    assert resolve_compile("auto", big, built_in=False, is_module=True) == "eager"
+    assert resolve_compile("inductor", 1, built_in=False, is_module=False) == "eager"
+    assert resolve_compile("off", big, built_in=True, is_module=True) == "eager"
+    with pytest.raises(ValueError, match="compile='jit' is not supported"):
+        resolve_compile("jit", 1, True, True)
+
+
+def test_fine_tuned_retrievers_and_user_modules_encode_in_fp32():
+    model = ImageRetriever("efficientnet_lite0", weights=None, head="linear", device="cpu")
+    model._fit_encoder()
+    assert model._inference_mode(10_000, exact=False)[1] == torch.float32
+    model = ImageRetriever(TinyEncoder(), device="cpu")
+    model._fit_encoder()
+    assert model._inference_mode(10_000, exact=False) == ("eager", torch.float32)
+    assert model._inference_mode(10, exact=True) == ("eager", torch.float32)
+
+
+def test_bf16_features_are_cached_apart_from_fp32(tmp_path):
+    images = _images(6)
+    for precision in ("fp32", "bf16", "fp32"):
+        ImageEncoder(TinyEncoder(), encode_precision=precision, memory=tmp_path, **TINY).fit(images).transform(images)
+    fingerprints = list((tmp_path / "skretrieval-features").iterdir())
+    assert len(fingerprints) == 2
+    assert all(len(list(f.rglob("*.npy"))) == 6 for f in fingerprints)
+
+
+@pytest.mark.parametrize("param, value, accepted", [
+    ("compile", "jit", "auto"), ("encode_precision", "fp16", "bf16"), ("n_jobs", 1.5, "int"),
+])
+def test_invalid_parameters_are_named(param, value, accepted):
+    with pytest.raises(ValueError, match=f"'{param}' parameter.*{accepted}"):
+        ImageEncoder(TinyEncoder(), **{param: value}, **TINY).fit(_images(2))
