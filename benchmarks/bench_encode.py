@@ -1,7 +1,7 @@
 """Images/s from a folder of JPEG files to features: skretrieval against a plain torchvision loop.
 
     python benchmarks/bench_encode.py [--images DIR] [--n 1024] [--repeats 3] [--device cpu]
-                                      [--inductor] [--demo]
+                                      [--no-inductor] [--demo]
 
 Without ``--images`` the script writes ``--n`` JPEG files of 480x360 (quality 90: random
 crops, flips of scikit-learn's two bundled photos) to a temporary folder, in four class
@@ -12,14 +12,18 @@ sub-folders. Every configuration encodes the whole folder with the default encod
   ``ToTensor``, ``Normalize``) + ``DataLoader`` (``num_workers`` 0 and 2; the faster one is
   the reference) + the model in eval mode under ``torch.no_grad``, float32;
 * ``skretrieval fp32 eager``: ``ImageEncoder(compile="off", encode_precision="fp32")``;
-* ``skretrieval default``: ``ImageEncoder()`` (``compile="auto"``, ``encode_precision="auto"``);
-* ``skretrieval inductor`` (with ``--inductor``): ``compile="inductor"``.
+* ``skretrieval default``: ``ImageEncoder()`` (``compile="auto"``: eager below 8192 images;
+  ``encode_precision="auto"``: bf16 where the CPU has AMX-BF16/AVX512-BF16);
+* ``skretrieval freeze``: ``compile="freeze"`` (frozen TorchScript);
+* ``skretrieval inductor``: ``compile="inductor"`` (torch.compile; skip with
+  ``--no-inductor``). Its warm-up here may come from inductor's on-disk cache of an earlier
+  run; set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder to time a first compilation.
 
 Rounds are interleaved (each round runs every configuration once) and the median is
 reported. "cold" is the first call of a fresh estimator (building frozen/compiled copies
 included); "warm" the calls after it. Features are compared with the fp32 eager path
-(cosine per image). ``--demo`` also runs the README demo (digits) with the defaults and
-with fp32 eager encoding and prints Recall@1 / Recall@5 of both.
+(cosine per image). ``--demo`` also runs the README demo (digits) in each configuration and
+prints Recall@1 / Recall@5.
 """
 
 import argparse
@@ -109,7 +113,13 @@ def demo_check(device: str) -> None:
     from skretrieval.metrics import retrieval_report
 
     X_gallery, X_query, y_gallery, y_query = load_digit_split()
-    for name, params in [("fp32 eager", {"compile": "off", "encode_precision": "fp32"}), ("default", {})]:
+    configs = [
+        ("fp32 eager", {"compile": "off", "encode_precision": "fp32"}),
+        ("default", {}),
+        ("freeze", {"compile": "freeze"}),
+        ("inductor", {"compile": "inductor"}),
+    ]
+    for name, params in configs:
         start = time.perf_counter()
         retriever = ImageRetriever(batch_size=BATCH, device=device, **params).fit(X_gallery, y_gallery)
         report = retrieval_report(retriever, X_query, y_query, ["recall@1", "recall@5"], output_dict=True)
@@ -123,7 +133,7 @@ def main():
     parser.add_argument("--n", type=int, default=1024, help="JPEG files to write without --images")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--device", default="cpu", help="'cuda' for a GPU (not measured in RESULTS.md)")
-    parser.add_argument("--inductor", action="store_true", help="also run compile='inductor'")
+    parser.add_argument("--no-inductor", action="store_true", help="skip compile='inductor' (no C++ compiler)")
     parser.add_argument("--demo", action="store_true", help="also check the demo's Recall@1")
     args = parser.parse_args()
     print(describe())
@@ -139,8 +149,9 @@ def main():
         configs = {
             "skretrieval fp32 eager": {"compile": "off", "encode_precision": "fp32"},
             "skretrieval default": {},
+            "skretrieval freeze": {"compile": "freeze"},
         }
-        if args.inductor:
+        if not args.no_inductor:
             configs["skretrieval inductor"] = {"compile": "inductor"}
         loop_times = {0: [], 2: []}
         cold, warm, warmup = ({name: [] for name in configs} for _ in range(3))

@@ -19,6 +19,7 @@ from ._cache import FeatureCache, cache_location, encoder_fingerprint
 from ._device import resolve_device
 from ._encoding import build_encoder, encode
 from ._inference import (
+    CHECKED_ENCODERS,
     COMPILE_MODES,
     ENCODE_PRECISIONS,
     InferenceRunner,
@@ -62,7 +63,7 @@ class EncoderMixin:
         self._inference_runner = self._new_runner()
 
     def _new_runner(self) -> InferenceRunner:
-        built_in = isinstance(self.encoder, str)
+        built_in = _checked_encoder(self.encoder)
         return InferenceRunner(
             self.encoder_, self.device_, self.batch_size,
             channels_last=built_in or self.compile in ("freeze", "inductor"),
@@ -82,8 +83,8 @@ class EncoderMixin:
         """``(compile mode, autocast dtype)`` for encoding ``n_images`` now."""
         if exact:
             return "eager", torch.float32
-        built_in = isinstance(self.encoder, str)
-        # bf16 was checked on the built-in encoders' own features, not on trained embeddings.
+        built_in = _checked_encoder(self.encoder)
+        # bf16 was checked on the encoder's own features, not on trained embeddings.
         checked = built_in and getattr(self, "head", None) is None
         dtype = resolve_encode_precision(self.encode_precision, self.device_, checked)
         mode = resolve_compile(self.compile, n_images, built_in, isinstance(self.encoder_, nn.Module))
@@ -192,6 +193,11 @@ class EncoderMixin:
         super().__setstate__(state)
 
 
+def _checked_encoder(encoder) -> bool:
+    """Whether ``encoder`` names an encoder whose fast paths were checked (bf16, channels-last)."""
+    return isinstance(encoder, str) and encoder in CHECKED_ENCODERS
+
+
 class _SavedModule:
     """An ``nn.Module`` serialised with ``torch.save``, so loading can remap its device."""
 
@@ -246,19 +252,22 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         one background thread.
     encode_precision : {"auto", "fp32", "bf16"}, default="auto"
         Dtype the encoder computes in (``torch.autocast``); features are float32 either way.
-        ``"auto"`` is bf16 for a built-in encoder on hardware with fast bf16 (CUDA, CPUs with
-        AMX-BF16 or AVX512-BF16) and fp32 otherwise, including any module of yours. With
-        ``efficientnet_lite0`` bf16 features keep a cosine of at least 0.999 to the fp32 ones
-        and leave the retrieval results of the demo unchanged (see the user guide).
+        ``"auto"`` is bf16 for the default ``"efficientnet_lite0"`` (not fine-tuned) on
+        hardware with fast bf16 (CUDA, CPUs with AMX-BF16 or AVX512-BF16), where it was
+        checked: features within a cosine of 0.999 of the fp32 ones, the demo's retrieval
+        results unchanged (see the user guide). fp32 otherwise, including other encoders.
     compile : {"auto", "off", "freeze", "inductor"}, default="auto"
-        How the encoder module runs at inference. ``"freeze"``: a TorchScript trace, frozen
-        (BatchNorm folded into convolutions), one per input shape, about a second to build;
-        ``"inductor"``: :func:`torch.compile` (needs a C++ compiler; tens of seconds to
-        compile, the fastest for long jobs); ``"off"``: eager. ``"auto"`` freezes a built-in
-        encoder for jobs of 512 images or more and runs everything else eagerly. A copy that
-        cannot be built (or, for your own module, disagrees with it on its first batch)
-        warns and falls back to eager. Fast copies are never pickled or cloned; they are
-        rebuilt on first use. Training always runs the eager float32 encoder.
+        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
+        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
+        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
+        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
+        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
+        else eagerly.
+        A copy that cannot be built, or (for your own module) disagrees with it on one of
+        its first batches, warns and falls back to eager. Fast copies are never pickled or
+        cloned; they are rebuilt on first use. Training always runs the eager float32
+        encoder. Channels-last memory is used for ``"efficientnet_lite0"``, and for any
+        module with ``"freeze"``/``"inductor"``.
     verbose : int, default=0
         Show a progress bar while encoding when > 0.
 

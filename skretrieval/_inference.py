@@ -21,7 +21,7 @@ from .search._precision import cpu_has_bf16_matmul
 
 # Filters set once at import: warnings.catch_warnings around each trace would race with
 # the decoding threads (it swaps the process-wide filter list).
-# Shape arithmetic in the built-in encoders becomes constants when traced: right, since each
+# Shape arithmetic in skretrieval's encoders becomes constants when traced: right, since each
 # frozen copy serves one input shape.
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"skretrieval\.")
 # TorchScript is deprecated in favour of torch.compile, which takes tens of seconds where a
@@ -29,10 +29,14 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"skr
 warnings.filterwarnings("ignore", r"`torch\.jit\.(trace|trace_method|freeze)` is deprecated", FutureWarning)
 
 COMPILE_MODES = ("auto", "off", "freeze", "inductor")
+# Encoders whose fast paths were checked (benchmarks/bench_encode.py: bf16 features within a
+# cosine of 0.999 of float32, the demo's Recall@1 unchanged; channels-last, compiling): the
+# "auto" settings use them for these only.
+CHECKED_ENCODERS = frozenset({"efficientnet_lite0"})
 ENCODE_PRECISIONS = ("auto", "fp32", "bf16")
-# compile="auto" freezes a built-in encoder for jobs of at least this many images: tracing
-# takes about a second, what encoding a hundred-odd images eagerly takes on two cores.
-AUTO_FREEZE_MIN_IMAGES = 512
+# compile="auto" compiles a checked encoder (torch.compile) for jobs of at least this many
+# images: compiling took 30 s on two cores, where it then saved ~5 ms an image.
+AUTO_COMPILE_MIN_IMAGES = 8192
 # A traced copy of a module whose code is not known must agree with the eager module (cosine
 # per row, at least this) on its first few batches: a trace that recorded the branch of
 # data-dependent code its first batch took is far off on a batch that takes another one.
@@ -43,7 +47,7 @@ _VERIFIED_CALLS = 3
 def resolve_encode_precision(precision: str, device: torch.device, checked: bool) -> torch.dtype:
     """The autocast dtype of an ``encode_precision`` value.
 
-    ``"auto"`` is bf16 where it was ``checked`` (a built-in encoder, not fine-tuned:
+    ``"auto"`` is bf16 where it was ``checked`` (an encoder of ``CHECKED_ENCODERS``, not fine-tuned:
     retrieval results unchanged) on hardware with fast bf16 (CUDA with bf16 support, CPUs
     with AMX-BF16 or AVX512-BF16), float32 otherwise: other modules may be sensitive to
     bf16 rounding.
@@ -68,8 +72,8 @@ def resolve_compile(mode: str, n_images: int | None, built_in: bool, is_module: 
     if not is_module or mode == "off":
         return "eager"  # a plain callable has no graph to freeze
     if mode == "auto":
-        big = n_images is None or n_images >= AUTO_FREEZE_MIN_IMAGES
-        return "freeze" if built_in and big else "eager"
+        big = n_images is not None and n_images >= AUTO_COMPILE_MIN_IMAGES
+        return "inductor" if built_in and big else "eager"
     return mode
 
 

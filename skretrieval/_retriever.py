@@ -95,19 +95,22 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         one background thread.
     encode_precision : {"auto", "fp32", "bf16"}, default="auto"
         Dtype the encoder computes in (``torch.autocast``); features are float32 either way.
-        ``"auto"`` is bf16 for a built-in encoder on hardware with fast bf16 (CUDA, CPUs with
-        AMX-BF16 or AVX512-BF16) and fp32 otherwise, including any module of yours. With
-        ``efficientnet_lite0`` bf16 features keep a cosine of at least 0.999 to the fp32 ones
-        and leave the retrieval results of the demo unchanged (see the user guide).
+        ``"auto"`` is bf16 for the default ``"efficientnet_lite0"`` (not fine-tuned) on
+        hardware with fast bf16 (CUDA, CPUs with AMX-BF16 or AVX512-BF16), where it was
+        checked: features within a cosine of 0.999 of the fp32 ones, the demo's retrieval
+        results unchanged (see the user guide). fp32 otherwise, including other encoders.
     compile : {"auto", "off", "freeze", "inductor"}, default="auto"
-        How the encoder module runs at inference. ``"freeze"``: a TorchScript trace, frozen
-        (BatchNorm folded into convolutions), one per input shape, about a second to build;
-        ``"inductor"``: :func:`torch.compile` (needs a C++ compiler; tens of seconds to
-        compile, the fastest for long jobs); ``"off"``: eager. ``"auto"`` freezes a built-in
-        encoder for jobs of 512 images or more and runs everything else eagerly. A copy that
-        cannot be built (or, for your own module, disagrees with it on its first batch)
-        warns and falls back to eager. Fast copies are never pickled or cloned; they are
-        rebuilt on first use. Training always runs the eager float32 encoder.
+        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
+        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
+        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
+        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
+        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
+        else eagerly.
+        A copy that cannot be built, or (for your own module) disagrees with it on one of
+        its first batches, warns and falls back to eager. Fast copies are never pickled or
+        cloned; they are rebuilt on first use. Training always runs the eager float32
+        encoder. Channels-last memory is used for ``"efficientnet_lite0"``, and for any
+        module with ``"freeze"``/``"inductor"``.
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.

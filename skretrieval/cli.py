@@ -294,8 +294,8 @@ def _encoder_options(parser) -> None:
     )
     parser.add_argument(
         "--precision", choices=ENCODE_PRECISIONS, default="auto",
-        help="dtype the encoder computes in (default: %(default)s: bf16 for the built-in "
-        "encoders on CPUs/GPUs with fast bf16)",
+        help="dtype the encoder computes in (default: %(default)s: bf16 for efficientnet_lite0 "
+        "on CPUs/GPUs with fast bf16)",
     )
 
 

@@ -286,3 +286,21 @@ def test_python_m_skretrieval_help():
 def test_demo_still_runs(capsys):
     assert cli.main(["demo", "--encoder", "cli_tiny", "--device", "cpu"]) == 0
     assert "recall@1" in capsys.readouterr().out
+
+
+def test_speed_options_reach_the_model_and_keep_its_answers(folders, capsys):
+    plain, _ = _index(folders, capsys)
+    fast_model = folders / "fast.skr"
+    code = cli.main([
+        "index", str(folders / "gallery"), "-o", str(fast_model), *TINY,
+        "--n-jobs", "2", "--compile", "freeze", "--precision", "fp32",
+    ])
+    assert code == 0, capsys.readouterr().err
+    from skretrieval import load
+
+    fast, reference = load(fast_model), load(plain)
+    assert fast.get_params()["compile"] == "freeze" and fast.get_params()["n_jobs"] == 2
+    np.testing.assert_allclose(fast.prototype_, reference.prototype_, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()
+    assert cli.main(["index", str(folders / "gallery"), "-o", str(fast_model), *TINY, "--compile", "jit"]) == 2
+    assert "invalid choice: 'jit'" in capsys.readouterr().err

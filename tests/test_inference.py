@@ -13,7 +13,7 @@ from sklearn.base import clone
 
 from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval._inference import (
-    AUTO_FREEZE_MIN_IMAGES,
+    AUTO_COMPILE_MIN_IMAGES,
     InferenceRunner,
     resolve_compile,
     resolve_encode_precision,
@@ -144,10 +144,11 @@ def test_auto_rules():
     assert resolve_encode_precision("auto", cpu, checked=False) == torch.float32
     assert resolve_encode_precision("bf16", cpu, checked=False) == torch.bfloat16
     assert resolve_encode_precision("fp32", cpu, checked=True) == torch.float32
-    big, small = AUTO_FREEZE_MIN_IMAGES, AUTO_FREEZE_MIN_IMAGES - 1
-    assert resolve_compile("auto", big, built_in=True, is_module=True) == "freeze"
-    assert resolve_compile("auto", None, built_in=True, is_module=True) == "freeze"
+    big, small = AUTO_COMPILE_MIN_IMAGES, AUTO_COMPILE_MIN_IMAGES - 1
+    assert resolve_compile("auto", big, built_in=True, is_module=True) == "inductor"
+    assert resolve_compile("auto", None, built_in=True, is_module=True) == "eager"  # length unknown
     assert resolve_compile("auto", small, built_in=True, is_module=True) == "eager"
+    assert resolve_compile("freeze", small, built_in=False, is_module=True) == "freeze"
     assert resolve_compile("auto", big, built_in=False, is_module=True) == "eager"
     assert resolve_compile("inductor", 1, built_in=False, is_module=False) == "eager"
     assert resolve_compile("off", big, built_in=True, is_module=True) == "eager"
