@@ -11,19 +11,20 @@ sub-folders. Every configuration encodes the whole folder with the default encod
 * ``torchvision loop``: ``ImageFolder`` (PIL decode, ``Resize(256)``, ``CenterCrop(224)``,
   ``ToTensor``, ``Normalize``) + ``DataLoader`` (``num_workers`` 0 and 2; the faster one is
   the reference) + the model in eval mode under ``torch.no_grad``, float32;
-* ``skretrieval fp32 eager``: ``ImageEncoder(compile="off", encode_precision="fp32")``;
-* ``skretrieval default``: ``ImageEncoder()`` (``compile="auto"``: eager below 8192 images;
-  ``encode_precision="auto"``: bf16 where the CPU has AMX-BF16/AVX512-BF16);
-* ``skretrieval freeze``: ``compile="freeze"`` (frozen TorchScript);
-* ``skretrieval inductor``: ``compile="inductor"`` (torch.compile; skip with
-  ``--no-inductor``). Its warm-up here may come from inductor's on-disk cache of an earlier
-  run; set ``TORCHINDUCTOR_CACHE_DIR`` to an empty folder to time a first compilation.
+* ``fp32 eager``: ``ImageEncoder(compile="off")`` (what the defaults do below 8,192 images);
+* ``bf16 eager``: ``encode_precision="bf16"``;
+* ``bf16 freeze``: ``compile="freeze", encode_precision="bf16"`` (frozen TorchScript);
+* ``fp32 inductor`` (what the defaults do from 8,192 images) and ``bf16 inductor``:
+  ``compile="inductor"`` (torch.compile; skip both with ``--no-inductor``). The warm-up may
+  come from inductor's on-disk cache of an earlier run; set ``TORCHINDUCTOR_CACHE_DIR`` to an
+  empty folder to time a first compilation.
 
 Rounds are interleaved (each round runs every configuration once) and the median is
 reported. "cold" is the first call of a fresh estimator (building frozen/compiled copies
 included); "warm" the calls after it. Features are compared with the fp32 eager path
 (cosine per image). ``--demo`` also runs the README demo (digits) in each configuration and
-prints Recall@1 / Recall@5.
+prints Recall@1 / Recall@5 / kNN accuracy, and compares bf16 with fp32 eager features on ten
+splits of the digits (the demo's split with random_state 0..9).
 """
 
 import argparse
@@ -114,17 +115,52 @@ def demo_check(device: str) -> None:
 
     X_gallery, X_query, y_gallery, y_query = load_digit_split()
     configs = [
-        ("fp32 eager", {"compile": "off", "encode_precision": "fp32"}),
-        ("default", {}),
-        ("freeze", {"compile": "freeze"}),
-        ("inductor", {"compile": "inductor"}),
+        ("fp32 eager", {"compile": "off"}),
+        ("bf16 eager", {"compile": "off", "encode_precision": "bf16"}),
+        ("bf16 freeze", {"compile": "freeze", "encode_precision": "bf16"}),
+        ("bf16 inductor", {"compile": "inductor", "encode_precision": "bf16"}),
     ]
     for name, params in configs:
         start = time.perf_counter()
         retriever = ImageRetriever(batch_size=BATCH, device=device, **params).fit(X_gallery, y_gallery)
-        report = retrieval_report(retriever, X_query, y_query, ["recall@1", "recall@5"], output_dict=True)
+        metrics = ["recall@1", "recall@5", "accuracy"]
+        report = retrieval_report(retriever, X_query, y_query, metrics, output_dict=True)
         seconds = time.perf_counter() - start
-        print(f"demo {name:11s}: Recall@1 {report['recall@1']:.4f}  Recall@5 {report['recall@5']:.4f}  ({seconds:.0f} s)")
+        print(
+            f"demo {name:13s}: Recall@1 {report['recall@1']:.4f}  Recall@5 {report['recall@5']:.4f}  "
+            f"kNN accuracy {report['accuracy']:.4f}  ({seconds:.0f} s)"
+        )
+    splits_check(device)
+
+
+def splits_check(device: str, n_splits: int = 10) -> None:
+    """bf16 against fp32 eager features of all digits, over the demo's split with other seeds."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from skretrieval import ImageRetriever
+
+    digits = load_digits()
+    X, y = digits.images / 16.0, digits.target
+    features = {
+        precision: ImageEncoder(batch_size=BATCH, device=device, encode_precision=precision).fit(X[:1]).transform(X)
+        for precision in ("fp32", "bf16")
+    }
+    scores = {precision: [] for precision in features}
+    for seed in range(n_splits):
+        gallery, queries = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y, random_state=seed)
+        for precision, F in features.items():
+            model = ImageRetriever("precomputed", topk=5, device=device).fit(F[gallery], y[gallery])
+            nearest = model.kneighbors(F[queries], 5, return_distance=False)
+            hits = y[gallery][nearest] == y[queries][:, None]
+            scores[precision].append((hits[:, 0].mean(), hits.any(1).mean(), model.score(F[queries], y[queries])))
+    difference = np.array(scores["bf16"]) - np.array(scores["fp32"])
+    for column, metric in enumerate(["Recall@1", "Recall@5", "kNN accuracy"]):
+        d = difference[:, column]
+        print(
+            f"bf16 - fp32 over {n_splits} splits, {metric:12s}: mean {d.mean():+.4f}, "
+            f"{(d < 0).sum()} lower, {(d > 0).sum()} higher, {(d == 0).sum()} equal"
+        )
 
 
 def main():
@@ -147,12 +183,13 @@ def main():
         print(f"{n} images under {folder}; batch {BATCH}; device {args.device}")
 
         configs = {
-            "skretrieval fp32 eager": {"compile": "off", "encode_precision": "fp32"},
-            "skretrieval default": {},
-            "skretrieval freeze": {"compile": "freeze"},
+            "fp32 eager": {"compile": "off"},
+            "bf16 eager": {"compile": "off", "encode_precision": "bf16"},
+            "bf16 freeze": {"compile": "freeze", "encode_precision": "bf16"},
         }
         if not args.no_inductor:
-            configs["skretrieval inductor"] = {"compile": "inductor"}
+            configs["fp32 inductor"] = {"compile": "inductor"}
+            configs["bf16 inductor"] = {"compile": "inductor", "encode_precision": "bf16"}
         loop_times = {0: [], 2: []}
         cold, warm, warmup = ({name: [] for name in configs} for _ in range(3))
         features, loop_features = {}, None
@@ -182,7 +219,7 @@ def main():
                 f"{name:26s} {cold_rate:10.1f} {warm_rate:10.1f} {warm_rate / loop_rate:7.2f} "
                 f"{statistics.median(warmup[name]):9.1f}"
             )
-        reference = features["skretrieval fp32 eager"]
+        reference = features["fp32 eager"]
         print()
         for name in configs:
             c = cosines(features[name], reference)

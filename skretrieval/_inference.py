@@ -17,8 +17,6 @@ import warnings
 import torch
 from torch import nn
 
-from .search._precision import cpu_has_bf16_matmul
-
 # Filters set once at import: warnings.catch_warnings around each trace would race with
 # the decoding threads (it swaps the process-wide filter list).
 # Shape arithmetic in skretrieval's encoders becomes constants when traced: right, since each
@@ -29,11 +27,10 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"skr
 warnings.filterwarnings("ignore", r"`torch\.jit\.(trace|trace_method|freeze)` is deprecated", FutureWarning)
 
 COMPILE_MODES = ("auto", "off", "freeze", "inductor")
-# Encoders whose fast paths were checked (benchmarks/bench_encode.py: bf16 features within a
-# cosine of 0.999 of float32, the demo's Recall@1 unchanged; channels-last, compiling): the
-# "auto" settings use them for these only.
+# Encoders whose fast paths were checked (benchmarks/bench_encode.py): compile="auto" and
+# channels-last apply to these only; other modules may, e.g., view() a channels-last tensor.
 CHECKED_ENCODERS = frozenset({"efficientnet_lite0"})
-ENCODE_PRECISIONS = ("auto", "fp32", "bf16")
+ENCODE_PRECISIONS = ("fp32", "bf16")
 # compile="auto" compiles a checked encoder (torch.compile) for jobs of at least this many
 # images: compiling took 30 s on two cores, where it then saved ~5 ms an image.
 AUTO_COMPILE_MIN_IMAGES = 8192
@@ -44,25 +41,11 @@ _TRACE_AGREEMENT = 0.99
 _VERIFIED_CALLS = 3
 
 
-def resolve_encode_precision(precision: str, device: torch.device, checked: bool) -> torch.dtype:
-    """The autocast dtype of an ``encode_precision`` value.
-
-    ``"auto"`` is bf16 where it was ``checked`` (an encoder of ``CHECKED_ENCODERS``, not fine-tuned:
-    retrieval results unchanged) on hardware with fast bf16 (CUDA with bf16 support, CPUs
-    with AMX-BF16 or AVX512-BF16), float32 otherwise: other modules may be sensitive to
-    bf16 rounding.
-    """
+def resolve_encode_precision(precision: str) -> torch.dtype:
+    """The autocast dtype of an ``encode_precision`` value (``"fp32"`` means no autocast)."""
     if precision not in ENCODE_PRECISIONS:
         raise ValueError(f"encode_precision={precision!r} is not supported; use one of {ENCODE_PRECISIONS}.")
-    if precision == "auto":
-        return torch.bfloat16 if checked and _fast_bf16(device) else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def _fast_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_bf16_matmul()
 
 
 def resolve_compile(mode: str, n_images: int | None, built_in: bool, is_module: bool) -> str:

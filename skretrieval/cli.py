@@ -293,9 +293,9 @@ def _encoder_options(parser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--precision", choices=ENCODE_PRECISIONS, default="auto",
-        help="dtype the encoder computes in (default: %(default)s: bf16 for efficientnet_lite0 "
-        "on CPUs/GPUs with fast bf16)",
+        "--precision", choices=ENCODE_PRECISIONS, default="fp32",
+        help="dtype the encoder computes in; bf16 is faster on CPUs with AMX/AVX512-BF16 and "
+        "on GPUs, and moves results slightly (default: %(default)s)",
     )
 
 

@@ -18,7 +18,6 @@ from skretrieval._inference import (
     resolve_compile,
     resolve_encode_precision,
 )
-from skretrieval.search._precision import cpu_has_bf16_matmul
 
 TINY = {"preprocessing": {"size": 8, "crop_pct": 1.0}, "device": "cpu"}
 
@@ -138,32 +137,28 @@ def test_refit_after_training_rebuilds_the_copies():
 
 
 def test_auto_rules():
-    cpu = torch.device("cpu")
-    bf16_cpu = torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
-    assert resolve_encode_precision("auto", cpu, checked=True) == bf16_cpu
-    assert resolve_encode_precision("auto", cpu, checked=False) == torch.float32
-    assert resolve_encode_precision("bf16", cpu, checked=False) == torch.bfloat16
-    assert resolve_encode_precision("fp32", cpu, checked=True) == torch.float32
+    assert resolve_encode_precision("bf16") == torch.bfloat16
+    assert resolve_encode_precision("fp32") == torch.float32
+    with pytest.raises(ValueError, match="encode_precision='fp16' is not supported"):
+        resolve_encode_precision("fp16")
     big, small = AUTO_COMPILE_MIN_IMAGES, AUTO_COMPILE_MIN_IMAGES - 1
     assert resolve_compile("auto", big, built_in=True, is_module=True) == "inductor"
     assert resolve_compile("auto", None, built_in=True, is_module=True) == "eager"  # length unknown
     assert resolve_compile("auto", small, built_in=True, is_module=True) == "eager"
-    assert resolve_compile("freeze", small, built_in=False, is_module=True) == "freeze"
     assert resolve_compile("auto", big, built_in=False, is_module=True) == "eager"
+    assert resolve_compile("freeze", small, built_in=False, is_module=True) == "freeze"
     assert resolve_compile("inductor", 1, built_in=False, is_module=False) == "eager"
     assert resolve_compile("off", big, built_in=True, is_module=True) == "eager"
     with pytest.raises(ValueError, match="compile='jit' is not supported"):
         resolve_compile("jit", 1, True, True)
 
 
-def test_fine_tuned_retrievers_and_user_modules_encode_in_fp32():
-    model = ImageRetriever("efficientnet_lite0", weights=None, head="linear", device="cpu")
+def test_a_fit_that_trains_a_head_encodes_in_fp32_eagerly():
+    model = ImageRetriever(TinyEncoder(), encode_precision="bf16", compile="freeze", head="linear", device="cpu")
     model._fit_encoder()
-    assert model._inference_mode(10_000, exact=False)[1] == torch.float32
-    model = ImageRetriever(TinyEncoder(), device="cpu")
-    model._fit_encoder()
-    assert model._inference_mode(10_000, exact=False) == ("eager", torch.float32)
-    assert model._inference_mode(10, exact=True) == ("eager", torch.float32)
+    assert model._inference_mode(10_000, exact=True) == ("eager", torch.float32)
+    assert model._inference_mode(10_000, exact=False) == ("freeze", torch.bfloat16)  # queries
+    assert ImageRetriever("efficientnet_lite0").get_params()["encode_precision"] == "fp32"
 
 
 def test_bf16_features_are_cached_apart_from_fp32(tmp_path):
