@@ -202,6 +202,40 @@ class _SavedModule:
         self.data = data
 
 
+# The parameters of how encoding runs, documented once for both estimators.
+ENCODING_OPTIONS_DOC = """    n_jobs : int, default=None
+        Threads decoding image files, at most two batches ahead of the encoder (decoding
+        and resizing overlap the forward pass). None means 1 unless in a
+        :func:`joblib.parallel_config` context; -1 means all CPUs. Other inputs are read in
+        one background thread.
+    encode_precision : {"fp32", "bf16"}, default="fp32"
+        Dtype the encoder computes in; features are float32 either way. ``"bf16"`` runs it
+        under a bf16 autocast: 1.4-1.7x faster on CPUs with AMX-BF16 or AVX512-BF16 (slow
+        without them) and on recent GPUs. With ``efficientnet_lite0`` every feature keeps a
+        cosine of at least 0.999 to its fp32 value and the demo's Recall@1 is unchanged,
+        but its kNN accuracy drops by 0.7 points on average over ten splits (see the user
+        guide), so it is not the default. A fit that trains a head encodes in fp32.
+    compile : {"auto", "off", "freeze", "inductor"}, default="auto"
+        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
+        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
+        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
+        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
+        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
+        else eagerly. A copy that cannot be built, or (for your own module) disagrees with
+        it on one of its first batches, warns and falls back to eager. Fast copies are
+        never pickled or cloned; they are rebuilt on first use. Training always runs the
+        eager float32 encoder. Channels-last memory is used for ``"efficientnet_lite0"``,
+        and for any module with ``"freeze"``/``"inductor"``.
+"""
+
+
+def with_encoding_options(cls):
+    """Put :data:`ENCODING_OPTIONS_DOC` where ``cls``'s docstring says ``{encoding_options}``."""
+    cls.__doc__ = cls.__doc__.replace("    {encoding_options}\n", ENCODING_OPTIONS_DOC)
+    return cls
+
+
+@with_encoding_options
 class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
     """Encode images into feature vectors, as a scikit-learn transformer.
 
@@ -242,30 +276,7 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         An image file that cannot be decoded (truncated, empty, not an image, too large)
         raises a ``ValueError`` naming it, or (``"skip"``, ``"warn"`` which also warns) is
         left out: its row of ``transform`` is all NaN, so rows stay aligned with ``X``.
-    n_jobs : int, default=None
-        Threads decoding image files, at most two batches ahead of the encoder (decoding
-        and resizing overlap the forward pass). None means 1 unless in a
-        :func:`joblib.parallel_config` context; -1 means all CPUs. Other inputs are read in
-        one background thread.
-    encode_precision : {"fp32", "bf16"}, default="fp32"
-        Dtype the encoder computes in; features are float32 either way. ``"bf16"`` runs it
-        under a bf16 autocast: 1.4-1.7x faster on CPUs with AMX-BF16 or AVX512-BF16 (slow
-        without them) and on recent GPUs. With ``efficientnet_lite0`` every feature keeps a
-        cosine of at least 0.999 to its fp32 value and the demo's Recall@1 is unchanged,
-        but its kNN accuracy drops by 0.7 points on average over ten splits (see the user
-        guide), so it is not the default. A fit that trains a head encodes in fp32.
-    compile : {"auto", "off", "freeze", "inductor"}, default="auto"
-        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
-        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
-        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
-        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
-        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
-        else eagerly.
-        A copy that cannot be built, or (for your own module) disagrees with it on one of
-        its first batches, warns and falls back to eager. Fast copies are never pickled or
-        cloned; they are rebuilt on first use. Training always runs the eager float32
-        encoder. Channels-last memory is used for ``"efficientnet_lite0"``, and for any
-        module with ``"freeze"``/``"inductor"``.
+    {encoding_options}
     verbose : int, default=0
         Show a progress bar while encoding when > 0.
 

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin
+from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin, with_encoding_options
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from ._vote import class_probabilities, plurality_vote, vote_weights
 from .io import to_unit_float
@@ -30,6 +30,7 @@ from .search import (
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
+@with_encoding_options
 class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator):
     """Image-to-image retrieval: a gallery of encoded images searched by similarity.
 
@@ -88,30 +89,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         is all NaN, its ``kneighbors`` indices ``-1`` and distances ``inf`` (``search``:
         similarities ``-inf``), its ``predict`` value ``None`` (the result then has dtype
         object) and its ``predict_proba`` row NaN.
-    n_jobs : int, default=None
-        Threads decoding image files, at most two batches ahead of the encoder (decoding
-        and resizing overlap the forward pass). None means 1 unless in a
-        :func:`joblib.parallel_config` context; -1 means all CPUs. Other inputs are read in
-        one background thread.
-    encode_precision : {"fp32", "bf16"}, default="fp32"
-        Dtype the encoder computes in; features are float32 either way. ``"bf16"`` runs it
-        under a bf16 autocast: 1.4-1.7x faster on CPUs with AMX-BF16 or AVX512-BF16 (slow
-        without them) and on recent GPUs. With ``efficientnet_lite0`` every feature keeps a
-        cosine of at least 0.999 to its fp32 value and the demo's Recall@1 is unchanged,
-        but its kNN accuracy drops by 0.7 points on average over ten splits (see the user
-        guide), so it is not the default. A fit that trains a head encodes in fp32.
-    compile : {"auto", "off", "freeze", "inductor"}, default="auto"
-        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
-        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
-        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
-        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
-        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
-        else eagerly.
-        A copy that cannot be built, or (for your own module) disagrees with it on one of
-        its first batches, warns and falls back to eager. Fast copies are never pickled or
-        cloned; they are rebuilt on first use. Training always runs the eager float32
-        encoder. Channels-last memory is used for ``"efficientnet_lite0"``, and for any
-        module with ``"freeze"``/``"inductor"``.
+    {encoding_options}
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
