@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-_FORMAT = "v1"
+# v2: uint8 images are resized as uint8 (within one level of the v1 float resize).
+_FORMAT = "v2"
 
 
 def image_key(image: torch.Tensor) -> str:
