@@ -134,11 +134,14 @@ class Trainer:
 
     def validate(self, train_idx, valid_idx, codes) -> float:
         """Recall@1 of the validation items queried against the training items."""
+        from ..metrics import recall_at_k
         from ..search import topk_search
 
         gallery, queries = self.embed(train_idx), self.embed(valid_idx)
         _, nearest = topk_search(queries, gallery, 1, self.similarity, device=self.device)
-        return float(np.mean(codes[train_idx][nearest[:, 0]] == codes[valid_idx]))
+        return recall_at_k(
+            k=1, query_labels=codes[valid_idx], gallery_labels=codes[train_idx], ranked_indices=nearest
+        )
 
     def embed(self, idx: np.ndarray) -> np.ndarray:
         """Embeddings of items ``idx`` in evaluation mode."""
