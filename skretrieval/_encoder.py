@@ -19,10 +19,10 @@ from ._cache import FeatureCache, cache_location, encoder_fingerprint
 from ._device import resolve_device
 from ._encoding import build_encoder, encode
 from ._inference import (
-    CHECKED_ENCODERS,
     COMPILE_MODES,
     ENCODE_PRECISIONS,
     InferenceRunner,
+    fast_paths_checked,
     resolve_compile,
     resolve_encode_precision,
 )
@@ -63,11 +63,11 @@ class EncoderMixin:
         self._inference_runner = self._new_runner()
 
     def _new_runner(self) -> InferenceRunner:
-        built_in = _checked_encoder(self.encoder)
+        checked = fast_paths_checked(self.encoder_)
         return InferenceRunner(
             self.encoder_, self.device_, self.batch_size,
-            channels_last=built_in or self.compile in ("freeze", "inductor"),
-            verify=not built_in,
+            channels_last=checked or self.compile in ("freeze", "inductor"),
+            verify=not checked,
         )
 
     def _runner(self) -> InferenceRunner:
@@ -84,7 +84,7 @@ class EncoderMixin:
         if exact:
             return "eager", torch.float32
         is_module = isinstance(self.encoder_, nn.Module)
-        mode = resolve_compile(self.compile, n_images, _checked_encoder(self.encoder), is_module)
+        mode = resolve_compile(self.compile, n_images, fast_paths_checked(self.encoder_), is_module)
         return mode, resolve_encode_precision(self.encode_precision)
 
     def _encode_input(self, X, *, reset: bool, exact: bool = False):
@@ -190,11 +190,6 @@ class EncoderMixin:
         super().__setstate__(state)
 
 
-def _checked_encoder(encoder) -> bool:
-    """Whether ``encoder`` names an encoder whose fast paths were checked (compiling, channels-last)."""
-    return isinstance(encoder, str) and encoder in CHECKED_ENCODERS
-
-
 class _SavedModule:
     """An ``nn.Module`` serialised with ``torch.save``, so loading can remap its device."""
 
@@ -224,8 +219,9 @@ ENCODING_OPTIONS_DOC = """    n_jobs : int, default=None
         else eagerly. A copy that cannot be built, or (for your own module) disagrees with
         it on one of its first batches, warns and falls back to eager. Fast copies are
         never pickled or cloned; they are rebuilt on first use. Training always runs the
-        eager float32 encoder. Channels-last memory is used for ``"efficientnet_lite0"``,
-        and for any module with ``"freeze"``/``"inductor"``.
+        eager float32 encoder. Channels-last memory is used for ``"efficientnet_lite0"``
+        (a module declaring ``fast_paths_checked = True``), and for any module with
+        ``"freeze"``/``"inductor"``.
 """
 
 

@@ -27,9 +27,6 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"skr
 warnings.filterwarnings("ignore", r"`torch\.jit\.(trace|trace_method|freeze)` is deprecated", FutureWarning)
 
 COMPILE_MODES = ("auto", "off", "freeze", "inductor")
-# Encoders whose fast paths were checked (benchmarks/bench_encode.py): compile="auto" and
-# channels-last apply to these only; other modules may, e.g., view() a channels-last tensor.
-CHECKED_ENCODERS = frozenset({"efficientnet_lite0"})
 ENCODE_PRECISIONS = ("fp32", "bf16")
 # compile="auto" compiles a checked encoder (torch.compile) for jobs of at least this many
 # images: compiling takes about 30 s on two cores and then saved ~13 ms an image (fp32,
@@ -49,7 +46,16 @@ def resolve_encode_precision(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def resolve_compile(mode: str, n_images: int | None, built_in: bool, is_module: bool) -> str:
+def fast_paths_checked(encoder) -> bool:
+    """Whether ``encoder`` declares its fast paths checked (``fast_paths_checked = True``).
+
+    compile="auto" and channels-last apply to such modules only, and their traced copies
+    are not re-checked: another module may, e.g., ``view()`` a channels-last tensor.
+    """
+    return isinstance(encoder, nn.Module) and bool(getattr(encoder, "fast_paths_checked", False))
+
+
+def resolve_compile(mode: str, n_images: int | None, checked: bool, is_module: bool) -> str:
     """``"eager"``, ``"freeze"`` or ``"inductor"`` for a ``compile`` value and a job size."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile={mode!r} is not supported; use one of {COMPILE_MODES}.")
@@ -57,7 +63,7 @@ def resolve_compile(mode: str, n_images: int | None, built_in: bool, is_module: 
         return "eager"  # a plain callable has no graph to freeze
     if mode == "auto":
         big = n_images is not None and n_images >= AUTO_COMPILE_MIN_IMAGES
-        return "inductor" if built_in and big else "eager"
+        return "inductor" if checked and big else "eager"
     return mode
 
 
@@ -107,6 +113,8 @@ class InferenceRunner:
         mode = "eager" if mode in self._failed else mode
         run = {"freeze": self._run_frozen, "inductor": self._run_compiled}.get(mode, self._run_eager)
         with torch.inference_mode():
+            if mode in ("freeze", "inductor") and len(batch) > self.batch_size:  # copies serve batch_size at most
+                return torch.cat([run(chunk, dtype) for chunk in batch.split(self.batch_size)])
             return run(batch, dtype)
 
     def _eager_model(self):
@@ -122,10 +130,8 @@ class InferenceRunner:
 
     def _run_frozen(self, batch, dtype):
         n = len(batch)
-        if n > self.batch_size:  # only for callers that ignore batch_size
-            return torch.cat([self._run_frozen(chunk, dtype) for chunk in batch.split(self.batch_size)])
         padded = _pad(batch, self._bucket(n))
-        key = (tuple(padded.shape), padded.dtype, padded.stride(), dtype)
+        key = _signature(padded, dtype)
         model = self._frozen.get(key)
         if model is None:
             with self._lock:
@@ -188,10 +194,8 @@ class InferenceRunner:
     def _run_compiled(self, batch, dtype):
         """Every batch runs padded to ``batch_size``: one shape, so one compilation."""
         n = len(batch)
-        if n > self.batch_size:
-            return torch.cat([self._run_compiled(chunk, dtype) for chunk in batch.split(self.batch_size)])
         padded = _pad(batch, self.batch_size)
-        key = (tuple(padded.shape), padded.dtype, padded.stride(), dtype)
+        key = _signature(padded, dtype)
         if key not in self._compiled_shapes:
             with self._lock:  # the first call of a shape compiles: once, whoever asks first
                 if "inductor" in self._failed:
@@ -240,6 +244,11 @@ def _without_jit_autocast():
 def _autocast(device: torch.device, dtype):
     enabled = dtype != torch.float32
     return torch.autocast(device.type, dtype=dtype if enabled else torch.bfloat16, enabled=enabled)
+
+
+def _signature(padded: torch.Tensor, dtype) -> tuple:
+    """What a frozen or compiled copy is specialised to: the input's layout, the autocast."""
+    return tuple(padded.shape), padded.dtype, padded.stride(), dtype
 
 
 def _pad(batch: torch.Tensor, size: int) -> torch.Tensor:

@@ -142,13 +142,13 @@ def test_auto_rules():
     with pytest.raises(ValueError, match="encode_precision='fp16' is not supported"):
         resolve_encode_precision("fp16")
     big, small = AUTO_COMPILE_MIN_IMAGES, AUTO_COMPILE_MIN_IMAGES - 1
-    assert resolve_compile("auto", big, built_in=True, is_module=True) == "inductor"
-    assert resolve_compile("auto", None, built_in=True, is_module=True) == "eager"  # length unknown
-    assert resolve_compile("auto", small, built_in=True, is_module=True) == "eager"
-    assert resolve_compile("auto", big, built_in=False, is_module=True) == "eager"
-    assert resolve_compile("freeze", small, built_in=False, is_module=True) == "freeze"
-    assert resolve_compile("inductor", 1, built_in=False, is_module=False) == "eager"
-    assert resolve_compile("off", big, built_in=True, is_module=True) == "eager"
+    assert resolve_compile("auto", big, checked=True, is_module=True) == "inductor"
+    assert resolve_compile("auto", None, checked=True, is_module=True) == "eager"  # length unknown
+    assert resolve_compile("auto", small, checked=True, is_module=True) == "eager"
+    assert resolve_compile("auto", big, checked=False, is_module=True) == "eager"
+    assert resolve_compile("freeze", small, checked=False, is_module=True) == "freeze"
+    assert resolve_compile("inductor", 1, checked=False, is_module=False) == "eager"
+    assert resolve_compile("off", big, checked=True, is_module=True) == "eager"
     with pytest.raises(ValueError, match="compile='jit' is not supported"):
         resolve_compile("jit", 1, True, True)
 

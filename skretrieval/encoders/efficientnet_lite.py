@@ -134,6 +134,10 @@ class EfficientNetLite(nn.Module):
     torch.Size([2, 10])
     """
 
+    # Channels-last, tracing and compiling checked (benchmarks/bench_encode.py): compile="auto"
+    # and channels-last memory apply to this module (see skretrieval._inference).
+    fast_paths_checked = True
+
     def __init__(self, num_classes: int = _IMAGENET_CLASSES, dropout: float = 0.2):
         super().__init__()
         self._conv_stem = _conv(3, 32, 3, stride=2)
