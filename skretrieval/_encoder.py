@@ -274,7 +274,7 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         left out: its row of ``transform`` is all NaN, so rows stay aligned with ``X``.
     {encoding_options}
     verbose : int, default=0
-        Show a progress bar while encoding when > 0.
+        Show a progress bar (images/s, on stderr) while encoding when > 0.
 
     Attributes
     ----------

@@ -157,8 +157,8 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
     warm_start : bool, default=False
         A second ``fit`` continues training the previous projection, head (and encoder).
     verbose : int, default=0
-        Show a progress bar while encoding, and the loss (and validation score) of every
-        training epoch, when > 0.
+        When > 0, show progress bars (images/s, on stderr) while encoding and training,
+        and print the loss (and validation score) of every training epoch.
 
     Attributes
     ----------

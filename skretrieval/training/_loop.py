@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -73,6 +74,7 @@ class Trainer:
     def __init__(self, data, projection, head, config: TrainingConfig, *, similarity, rng, device):
         self.data, self.projection, self.head, self.config = data, projection, head, config
         self.similarity, self.rng, self.device = similarity, rng, device
+        self.progress = _progress(0, verbose=0)  # fit_loop replaces it with one of its own
 
     # -- the loop ----------------------------------------------------------------------------
     def fit_loop(self, codes: np.ndarray, history: History) -> History:
@@ -87,6 +89,7 @@ class Trainer:
             cfg.max_epochs * steps_per_epoch,
         )
         stopper = None if valid_idx is None else EarlyStopping(cfg.n_iter_no_change, cfg.tol)
+        self.progress = _progress(cfg.max_epochs * self._n_trained(train_idx), cfg.verbose)
         try:
             for _ in range(cfg.max_epochs):
                 start = time.perf_counter()
@@ -100,6 +103,7 @@ class Trainer:
                 if stopper is not None and stopper.step(row["valid_score"], self.state_dict):
                     break
         finally:
+            self.progress.close()
             self.set_train(False)
         if stopper is not None:
             self.load_state_dict(stopper.best_state)
@@ -108,7 +112,10 @@ class Trainer:
     def run_epoch(self, train_idx: np.ndarray, labels: torch.Tensor) -> float:
         """One pass over shuffled training batches; the mean batch loss."""
         self.set_train(True)
-        losses = [self.train_step(idx, labels) for idx in self._batches(self.rng.permutation(train_idx))]
+        losses = []
+        for idx in self._batches(self.rng.permutation(train_idx)):
+            losses.append(self.train_step(idx, labels))
+            self.progress.update(len(idx))
         return float(np.mean(losses)) if losses else float("nan")
 
     def train_step(self, idx: np.ndarray, labels: torch.Tensor) -> float:
@@ -207,11 +214,17 @@ class Trainer:
     def report(self, row: dict) -> None:
         if self.config.verbose:
             score = f"  valid Recall@1 {row['valid_score']:.4f}" if "valid_score" in row else ""
-            print(
+            self.progress.set_postfix(epoch=row["epoch"], loss=f"{row['loss']:.4f}")
+            # tqdm.write prints above the bar (to stdout, as before the bar existed)
+            self.progress.write(
                 f"epoch {row['epoch']:3d}  loss {row['loss']:.4f}{score}  lr {row['lr']:.2e}  "
                 f"{row['dur']:.1f}s",
-                flush=True,
+                file=sys.stdout,
             )
+
+    def _n_trained(self, train_idx: np.ndarray) -> int:
+        """Items one epoch trains on (a last batch of one item is dropped)."""
+        return sum(len(batch) for batch in self._batches(train_idx))
 
     def _batches(self, order: np.ndarray) -> list:
         size = self.config.batch_size
@@ -219,6 +232,13 @@ class Trainer:
         if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm and pair losses need 2 items
             batches.pop()
         return batches
+
+
+def _progress(total: int, verbose):
+    """The training progress bar: images trained per second, silent unless ``verbose``."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not verbose, desc="training", unit="img", leave=False)
 
 
 def compute_loss(head, embeddings, labels, mixed=None) -> torch.Tensor:

@@ -95,6 +95,29 @@ def test_verbose_prints_loss_per_epoch(colour_images, capsys):
     assert "epoch   1  loss" in out and "epoch   2  loss" in out
 
 
+def _bar_states(stderr: str, desc: str) -> list:
+    """Each state tqdm drew of the bar named ``desc`` (a bar redraws after a carriage return)."""
+    states = [part for part in stderr.replace("\n", "\r").split("\r") if part.startswith(desc)]
+    assert states, f"no {desc!r} progress bar in stderr: {stderr!r}"
+    return states
+
+
+@pytest.mark.parametrize("fine_tune", ["head", "all"])
+def test_verbose_bars_count_images_encoded_and_trained(colour_images, capsys, fine_tune):
+    images, labels = colour_images
+    _retriever(head="linear", fine_tune=fine_tune, max_epochs=2, verbose=1).fit(images, labels)
+    err = capsys.readouterr().err
+    # tqdm redraws at most every 0.1 s and clears a bar when done: check totals and units
+    assert all("/24 [" in state and "img/s" in state for state in _bar_states(err, "encoding"))
+    assert all("/48 [" in state and "img/s" in state for state in _bar_states(err, "training"))
+
+
+def test_silent_by_default(colour_images, capsys):
+    images, labels = colour_images
+    _retriever(head="linear", max_epochs=2).fit(images, labels)
+    assert capsys.readouterr() == ("", "")
+
+
 def test_precomputed_features_train_a_head():
     rng = np.random.default_rng(0)
     labels = np.arange(60) % 3
