@@ -184,7 +184,7 @@ def _search(args) -> int:
                 label = "-" if m["label"] is None else str(m["label"])
                 print(f"  {m['rank']:>4}  {m['score']:>8.4f}  {label:<12}  {m['path']}")
     if args.plot:
-        _plot(retriever, files, args.k, args.plot)
+        _plot(retriever, files, similarities, indices, args.plot)
     return 0
 
 
@@ -193,8 +193,8 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _plot(retriever, files, k, path) -> None:
-    """Draw the queries and their matches (with the gallery labels, when there are any)."""
+def _plot(retriever, files, similarities, indices, path) -> None:
+    """Draw the queries and the matches found (with the gallery labels, when there are any)."""
     try:
         import matplotlib
     except ImportError:
@@ -204,7 +204,6 @@ def _plot(retriever, files, k, path) -> None:
     matplotlib.use("Agg")
     from .plotting import RetrievalDisplay
 
-    similarities, indices = retriever.search(files, k=k)
     labels = retriever.prototype_labels_ if _has_labels(retriever) else None
     display = RetrievalDisplay.from_predictions(
         files, similarities, indices, retriever.prototype_ids_, gallery_labels=labels
