@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / "skretrieval").is_dir():
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
 
 import skretrieval  # noqa: E402
 
@@ -25,10 +26,11 @@ extensions = [
     "numpydoc",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "cli_help",  # docs/_ext: the command line's --help texts, read from its parser
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "examples/GALLERY_HEADER.rst", "auto_examples/*.ipynb",
+exclude_patterns = ["_build", "_ext", "examples/GALLERY_HEADER.rst", "auto_examples/*.ipynb",
                     "auto_examples/*.py", "auto_examples/*.zip"]
 myst_heading_anchors = 3
 

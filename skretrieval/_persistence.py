@@ -35,7 +35,27 @@ class InconsistentVersionWarning(UserWarning):
     """A model pickled by another skretrieval version is being unpickled.
 
     As scikit-learn's warning of the same name: the model may behave differently or break.
-    Its attributes ``original_version`` and ``current_version`` hold both versions.
+    Files written by :meth:`ImageRetriever.save` are checked by :func:`load` instead.
+
+    Parameters
+    ----------
+    original_version : str
+        The skretrieval version that pickled the model.
+    current_version : str
+        The version unpickling it.
+
+    Attributes
+    ----------
+    original_version : str
+    current_version : str
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from skretrieval import InconsistentVersionWarning
+    >>> warnings.simplefilter("error", InconsistentVersionWarning)  # refuse such pickles
+    >>> InconsistentVersionWarning(original_version="0.0.1", current_version="0.1.0").original_version
+    '0.0.1'
     """
 
     def __init__(self, *, original_version, current_version):

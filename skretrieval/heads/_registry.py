@@ -18,13 +18,46 @@ HEAD_NAMES = ("linear", "arcface", "triplet", "supcon")
 
 
 def head_options(name: str) -> list[str]:
-    """The ``head_params`` keys accepted by head ``name``."""
+    """The ``head_params`` keys accepted by head ``name``.
+
+    Parameters
+    ----------
+    name : {"linear", "arcface", "triplet", "supcon"}
+
+    Returns
+    -------
+    options : list of str
+        The keyword arguments of the head's loss, beyond the sizes ``fit`` fills in.
+
+    Examples
+    --------
+    >>> from skretrieval.heads import head_options
+    >>> "margin" in head_options("arcface")
+    True
+    """
     signature = inspect.signature(_losses()[name].__init__)
     return [p for p in signature.parameters if p not in ("self", "embedding_dim", "n_classes")]
 
 
 def build_head(head, head_params: dict | None, embedding_dim: int, n_classes: int):
     """The loss module for ``head=`` (a name, or the user's module/callable, copied).
+
+    Parameters
+    ----------
+    head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or callable
+        A head name, or the user's own ``head(embeddings, labels) -> loss`` (a module is
+        deep-copied, so training never changes the caller's object).
+    head_params : dict or None
+        Options of a named head (see :func:`head_options`); must be empty for your own head.
+    embedding_dim : int
+        Width of the embeddings the head receives.
+    n_classes : int
+        Number of classes, for heads with class weights.
+
+    Returns
+    -------
+    head : nn.Module or callable
+        The loss to train with.
 
     Examples
     --------

@@ -33,8 +33,40 @@ def load_image(path, decode_size=None) -> torch.Tensor:
     ``decode_size(height, width) -> (height, width)`` is the smallest size the image may be
     decoded at (e.g. :meth:`Preprocessing.decode_size`): a JPEG is then decoded at the
     largest reduced scale (1/2, 1/4, 1/8) that still covers it, which is much faster for
-    photos larger than the encoder's input. Raises a ``ValueError`` that names the file
-    when it cannot be read as an image.
+    photos larger than the encoder's input.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An image file (any format PIL reads).
+    decode_size : callable, default=None
+        ``decode_size(height, width) -> (min_height, min_width)``; None decodes at full size.
+
+    Returns
+    -------
+    image : torch.Tensor of shape (3, H, W), uint8
+        RGB, EXIF orientation applied.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file cannot be read as an image (the message names it and the reason), or has
+        more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from pathlib import Path
+    >>> from PIL import Image
+    >>> from skretrieval.io import load_image
+    >>> path = Path(tempfile.mkdtemp()) / "photo.jpg"
+    >>> Image.fromarray(np.zeros((600, 800, 3), np.uint8)).save(path)
+    >>> load_image(path).shape
+    torch.Size([3, 600, 800])
+    >>> load_image(path, decode_size=lambda h, w: (100, 100)).shape  # decoded at 1/4 scale
+    torch.Size([3, 150, 200])
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -87,7 +119,36 @@ def _draft(image, decode_size) -> None:
 
 
 def list_image_files(directory) -> list[str]:
-    """Image files below ``directory`` (recursive), sorted, by their suffix."""
+    """Image files below ``directory`` (recursive), sorted, by their suffix.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        The folder to search.
+
+    Returns
+    -------
+    files : list of str
+        Paths of the files whose suffix (any case) is one of ``IMAGE_SUFFIXES``; the order
+        in which ``fit`` reads a folder.
+
+    Raises
+    ------
+    ValueError
+        The folder holds no image file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skretrieval.io import list_image_files
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["b/2.PNG", "a/1.jpg", "notes.txt"]:
+    ...     (root / name).parent.mkdir(exist_ok=True)
+    ...     (root / name).touch()
+    >>> [Path(f).relative_to(root).as_posix() for f in list_image_files(root)]
+    ['a/1.jpg', 'b/2.PNG']
+    """
     root = Path(directory)
     files = sorted(
         str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()

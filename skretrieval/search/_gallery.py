@@ -85,8 +85,8 @@ class SearchGallery:
     def lower(self, threshold: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
         """The proxy threshold that keeps every pair whose exact proxy reaches ``threshold``.
 
-        Rounding the product's output is monotone, so a pair with exact proxy >= t has a
-        computed proxy >= fl(t - margin) >= (t - margin) - u |t - margin|.
+        Rounding the product's output is monotone, so a pair with exact proxy ``>= t`` has a
+        computed proxy ``>= fl(t - margin) >= (t - margin) - u * abs(t - margin)``.
         """
         lowered = threshold - margin
         return lowered - 1.01 * unit_roundoff(self.dtype) * lowered.abs()

@@ -20,7 +20,21 @@ _UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float1
 
 @functools.cache
 def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16)."""
+    """Whether this CPU has bf16 matrix units (AMX-BF16 or AVX512-BF16).
+
+    Where it does, ``search_precision="auto"`` selects candidates with bf16 products, and
+    ``encode_precision="bf16"`` pays off. Read from ``/proc/cpuinfo``: False where there is none.
+
+    Returns
+    -------
+    has_bf16 : bool
+
+    Examples
+    --------
+    >>> from skretrieval.search import cpu_has_bf16_matmul
+    >>> isinstance(cpu_has_bf16_matmul(), bool)
+    True
+    """
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -37,6 +51,18 @@ def resolve_precision(precision: str, device) -> torch.dtype:
 
     ``"auto"`` is bf16 on CUDA and on CPUs with bf16 matrix units, else fp32. ``"fp16"`` is
     accepted on GPUs only (CPUs have no fast fp16 product, and its range is narrow).
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        A ``search_precision`` value.
+    device : str or torch.device
+        Where the search runs.
+
+    Returns
+    -------
+    dtype : torch.dtype
+        What the candidate-selecting products compute in; scores are float32 either way.
 
     Examples
     --------
