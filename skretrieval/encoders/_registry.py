@@ -14,7 +14,19 @@ from .._preprocessing import Preprocessing
 class BuiltEncoder:
     """What a builder returns: the feature extractor and the preprocessing it was trained with.
 
-    ``module`` maps a preprocessed batch ``(N, 3, H, W)`` to pooled features ``(N, D)``.
+    Parameters
+    ----------
+    module : nn.Module
+        Maps a preprocessed batch ``(N, 3, H, W)`` to pooled features ``(N, D)``.
+    preprocessing : Preprocessing
+        The resizing and normalisation the module's weights expect.
+
+    Examples
+    --------
+    >>> from skretrieval.encoders import create_encoder
+    >>> built = create_encoder("efficientnet_lite0")
+    >>> built.preprocessing.size
+    (224, 224)
     """
 
     module: nn.Module
@@ -26,6 +38,16 @@ _BUILDERS: dict[str, Callable[..., BuiltEncoder]] = {}
 
 def register_encoder(name: str):
     """Register ``builder(weights) -> BuiltEncoder`` under ``name`` (a decorator).
+
+    Parameters
+    ----------
+    name : str
+        The ``encoder=`` name; registering a name again replaces its builder.
+
+    Returns
+    -------
+    decorator : callable
+        Registers the function it decorates and returns it unchanged.
 
     Examples
     --------
@@ -48,6 +70,17 @@ def register_encoder(name: str):
 
 def list_encoders(torchvision_models: bool = True) -> list[str]:
     """Names accepted by ``encoder=``: the built-ins, then torchvision's classification models.
+
+    Parameters
+    ----------
+    torchvision_models : bool, default=True
+        Also list torchvision's classification models (built with the last linear layer
+        removed; their weights come from torchvision's cache or a download).
+
+    Returns
+    -------
+    names : list of str
+        The registered names, sorted, then torchvision's.
 
     Examples
     --------

@@ -122,6 +122,22 @@ def block_sizes(
     scikit-learn's global setting elsewhere. Gallery blocks are whole chunks of 128 columns
     when they can be.
 
+    Parameters
+    ----------
+    n_queries, n_gallery : int
+        Rows to search.
+    working_memory : float or None
+        The budget of one score block, in MiB.
+    bytes_per_score : int, default=4
+        Memory each score of a block takes (the search counts its product dtype and a mask byte).
+    device : str or torch.device, default=None
+        Where the search runs (for the CUDA budget).
+
+    Returns
+    -------
+    query_rows, gallery_rows : int
+        Rows of a block: at least one each, and at most ``n_queries``, ``n_gallery``.
+
     Examples
     --------
     >>> from skretrieval.search import block_sizes

@@ -20,7 +20,26 @@ SIMILARITY_NAMES = ("cosine", "cosine_similarity", "dot", "euclidean")
 
 
 class Similarity:
-    """Base class: dot-product scores on prepared vectors, distance ``-s``."""
+    """How a ``similarity_fn`` scores: the base class is the dot product, distance ``-s``.
+
+    The blocked search asks a similarity for three things: ``prepare`` (once per vector, e.g.
+    L2-normalising for cosine), ``block`` (a proxy score matrix that ranks a query's row as
+    the similarity does, computed as a matrix product when ``is_matmul``) and ``exact``
+    (float32 scores of the surviving pairs, the values returned). ``to_distance`` and
+    ``from_distance`` convert to the distances ``kneighbors`` reports. Get one with
+    :func:`get_similarity`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skretrieval.search import get_similarity
+    >>> cosine = get_similarity("cosine")
+    >>> q, g = cosine.prepare(torch.tensor([[3.0, 4.0]])), cosine.prepare(torch.tensor([[1.0, 0.0]]))
+    >>> cosine.exact(q, g)
+    tensor([0.6000])
+    >>> float(cosine.to_distance(0.6))
+    0.4
+    """
 
     name = "dot"
     #: The proxy is a matrix product whose error can be bounded (not true of callables).
@@ -126,6 +145,16 @@ class CallableSimilarity(Similarity):
 
 def get_similarity(similarity_fn) -> Similarity:
     """The :class:`Similarity` for a ``similarity_fn`` parameter value.
+
+    Parameters
+    ----------
+    similarity_fn : {"cosine", "cosine_similarity", "dot", "euclidean"}, callable or Similarity
+        A name, a function ``(a, b) -> (n, m)`` similarities of torch tensors, or a
+        :class:`Similarity` (returned as is).
+
+    Returns
+    -------
+    similarity : Similarity
 
     Examples
     --------
