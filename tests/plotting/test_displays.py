@@ -1,6 +1,5 @@
 """RetrievalDisplay and RecallAtKDisplay: rendered with Agg and checked for content."""
 
-import doctest
 import subprocess
 import sys
 
@@ -11,12 +10,7 @@ from helpers import TinyEncoder
 
 from skretrieval import ImageRetriever
 from skretrieval.metrics import get_scorer, recall_at_k
-from skretrieval.plotting import (
-    RecallAtKDisplay,
-    RetrievalDisplay,
-    _recall_display,
-    _retrieval_display,
-)
+from skretrieval.plotting import RecallAtKDisplay, RetrievalDisplay
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -213,12 +207,6 @@ def test_matplotlib_imported_lazily():
     code = "import sys, skretrieval.plotting; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-@pytest.mark.parametrize("module", [_retrieval_display, _recall_display])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_pickle_keeps_paths_not_pixels(fitted, colour_images, tiny_prep, tmp_path):
