@@ -72,7 +72,7 @@ class EncoderMixin:
 
     def _runner(self) -> InferenceRunner:
         """The runner of the encoder as fitted, built anew if it is missing or out of date."""
-        runner = self.__dict__.get("_inference_runner")  # absent after unpickling
+        runner = self.__dict__.get("_inference_runner")
         if runner is None or (runner.encoder, runner.device, runner.batch_size) != (
             self.encoder_, self.device_, self.batch_size
         ):
@@ -188,6 +188,8 @@ class EncoderMixin:
                 io.BytesIO(state["encoder_"].data), map_location=device, weights_only=False
             )
         super().__setstate__(state)
+        if "encoder_" in state:  # a fresh runner now, so that concurrent first queries share it
+            self._inference_runner = self._new_runner()
 
 
 class _SavedModule:

@@ -116,10 +116,28 @@ def test_fast_copies_are_never_pickled_or_cloned():
     expected = model.transform(images)
     assert model._inference_runner._frozen  # built
     for restored in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
-        assert "_inference_runner" not in restored.__dict__
+        runner = restored._inference_runner
+        assert runner is not model._inference_runner and not runner._frozen  # nothing carried over
         np.testing.assert_allclose(restored.transform(images), expected, rtol=1e-6)
-        assert restored._inference_runner._frozen  # rebuilt on first use
+        assert restored._inference_runner is runner and runner._frozen  # rebuilt on first use
     assert "_inference_runner" not in clone(model).__dict__
+
+
+def test_threads_querying_an_unpickled_model_build_its_copy_once():
+    images = _images(16)
+    model = ImageRetriever(TinyEncoder(), compile="freeze", batch_size=8, **TINY).fit(images)
+    model.transform(images)
+    restored = pickle.loads(pickle.dumps(model))
+
+    def query(batch):
+        restored.transform(batch)
+        return restored._inference_runner
+
+    with ThreadPoolExecutor(8) as pool:
+        runners = {id(runner): runner for runner in pool.map(query, [images[:8]] * 16)}
+    assert len(runners) == 1  # one runner for every thread, so one frozen copy built
+    (runner,) = runners.values()
+    assert len(runner._frozen) == 1
 
 
 def test_refit_after_training_rebuilds_the_copies():
