@@ -304,3 +304,28 @@ def test_speed_options_reach_the_model_and_keep_its_answers(folders, capsys):
     capsys.readouterr()
     assert cli.main(["index", str(folders / "gallery"), "-o", str(fast_model), *TINY, "--compile", "jit"]) == 2
     assert "invalid choice: 'jit'" in capsys.readouterr().err
+
+
+def test_index_reads_every_format_below_the_folder(colour_images, tmp_path, capsys):
+    """jpg, png, webp, bmp and tiff files at any depth are indexed; other files are not."""
+    from PIL import Image
+
+    from skretrieval import load
+
+    images, _ = colour_images
+    written = []
+    for n, name in enumerate(["a.jpg", "b.JPEG", "deep/c.png", "deep/er/d.webp", "e.bmp", "deep/f.tif", "g.tiff"]):
+        path = tmp_path / "gallery" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[n]).save(path)
+        written.append(str(path.resolve()))
+    (tmp_path / "gallery" / "notes.txt").write_text("not an image")
+    model = tmp_path / "model.skr"
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), *TINY]) == 0
+    assert "indexed 7 images" in capsys.readouterr().out
+    retriever = load(model)
+    assert sorted(retriever.prototype_ids_) == sorted(written)
+    # each file is its own best match: a query reads it as the index did
+    for path in written:
+        own = retriever.kneighbors([path], n_neighbors=1, return_distance=False)[0, 0]
+        assert retriever.prototype_ids_[own] == path
