@@ -14,6 +14,7 @@ from torch import nn
 
 from ._cache import image_key
 from ._preprocessing import Preprocessing, resolve_preprocessing
+from ._progress import progress_bar
 from .encoders import create_encoder
 from .io import ImageInput, to_rgb, to_unit_float
 from .io._prefetch import prefetch
@@ -58,7 +59,7 @@ def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jo
     features, labels = [], []
     prepared = _prepared_batches(images, preprocess, device, batch_size, n_jobs, cache)
     # Both closed on errors too: the progress bar, and the threads running ahead.
-    with torch.inference_mode(), _progress(images, verbose) as progress, closing(prefetch(prepared, depth=2)) as ready:
+    with torch.inference_mode(), progress_bar(images.n, "encoding", verbose) as progress, closing(prefetch(prepared, depth=2)) as ready:
         for batch in ready:
             encoded = None if batch.inputs is None else _as_features(run(batch.inputs))
             if cache is None:
@@ -138,9 +139,3 @@ def _as_features(output) -> np.ndarray:
             "to (N, D) features (add global pooling and flatten to your module)."
         )
     return output.detach().float().cpu().numpy()
-
-
-def _progress(images: ImageInput, verbose):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=images.n, disable=not verbose, desc="encoding", unit="img", leave=False)

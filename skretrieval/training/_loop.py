@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._progress import progress_bar
 from ..losses import BaseLoss
 from ._early_stopping import EarlyStopping
 from ._history import History
@@ -74,7 +75,7 @@ class Trainer:
     def __init__(self, data, projection, head, config: TrainingConfig, *, similarity, rng, device):
         self.data, self.projection, self.head, self.config = data, projection, head, config
         self.similarity, self.rng, self.device = similarity, rng, device
-        self.progress = _progress(0, verbose=0)  # fit_loop replaces it with one of its own
+        self.progress = progress_bar(0, "training", verbose=0)  # fit_loop replaces it with one of its own
 
     # -- the loop ----------------------------------------------------------------------------
     def fit_loop(self, codes: np.ndarray, history: History) -> History:
@@ -89,7 +90,7 @@ class Trainer:
             cfg.max_epochs * steps_per_epoch,
         )
         stopper = None if valid_idx is None else EarlyStopping(cfg.n_iter_no_change, cfg.tol)
-        self.progress = _progress(cfg.max_epochs * self._n_trained(train_idx), cfg.verbose)
+        self.progress = progress_bar(cfg.max_epochs * self._n_trained(train_idx), "training", cfg.verbose)
         try:
             for _ in range(cfg.max_epochs):
                 start = time.perf_counter()
@@ -232,13 +233,6 @@ class Trainer:
         if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm and pair losses need 2 items
             batches.pop()
         return batches
-
-
-def _progress(total: int, verbose):
-    """The training progress bar: images trained per second, silent unless ``verbose``."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not verbose, desc="training", unit="img", leave=False)
 
 
 def compute_loss(head, embeddings, labels, mixed=None) -> torch.Tensor:
