@@ -382,6 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parsers() -> dict:
+    """``{"": the top-level parser, "index": its parser, ...}`` (the docs and their test read it)."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"": parser, **commands.choices}
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (0 success, 1 failure, 2 usage error)."""
     parser = build_parser()

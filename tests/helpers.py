@@ -3,6 +3,13 @@
 import torch
 from torch import nn
 
+# Modules whose whole __all__ is public API, documented in docs/api.rst with examples
+# (skretrieval.io and .training also export internals the estimators use).
+PUBLIC_MODULES = [
+    "skretrieval", "skretrieval.encoders", "skretrieval.search", "skretrieval.metrics",
+    "skretrieval.plotting", "skretrieval.losses", "skretrieval.heads", "skretrieval.dask",
+]
+
 
 class CallCounter:
     """A counter shared by every copy of the module holding it (fit deep-copies encoders)."""

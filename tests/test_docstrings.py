@@ -6,6 +6,7 @@ import inspect
 import pkgutil
 
 import pytest
+from helpers import PUBLIC_MODULES
 
 import skretrieval
 
@@ -13,10 +14,6 @@ MODULES = sorted(
     info.name for info in pkgutil.walk_packages(skretrieval.__path__, "skretrieval.")
     if not info.name.endswith("__main__")
 )
-PUBLIC_MODULES = [
-    "skretrieval", "skretrieval.encoders", "skretrieval.search", "skretrieval.metrics",
-    "skretrieval.plotting", "skretrieval.losses", "skretrieval.heads", "skretrieval.dask",
-]
 
 
 @pytest.mark.parametrize("name", MODULES)

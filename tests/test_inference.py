@@ -1,9 +1,13 @@
 """The encoder's fast paths (frozen, compiled, bf16, channels-last) keep its answers and its state."""
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,11 +225,6 @@ print("fell back")
 def test_inductor_without_a_compiler_warns_once_and_runs_eagerly(tmp_path):
     """A machine without a C++ compiler: torch.compile fails at the first batch."""
     pytest.importorskip("torch._inductor")
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     env = {
         **os.environ,
         "CXX": str(tmp_path / "no-such-compiler"),  # inductor's C++ compiler, absent

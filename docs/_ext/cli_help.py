@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
 
+from skretrieval.cli import command_parsers
+
 HELP_WIDTH = 90  # columns argparse wraps at, whatever terminal builds the docs
 
 
@@ -25,17 +27,6 @@ def _columns(width: int):
             del os.environ["COLUMNS"]
         else:
             os.environ["COLUMNS"] = previous
-
-
-def command_parsers() -> dict:
-    """``{"": the top-level parser, "index": its parser, ...}``."""
-    import argparse
-
-    from skretrieval.cli import build_parser
-
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {"": parser, **commands.choices}
 
 
 class CliHelp(SphinxDirective):
