@@ -334,7 +334,12 @@ class GalleryMixin:
         >>> retriever.predict([[0.2, 0.8]])
         array(['b'], dtype='<U1')
         """
-        codes, weights = self._votes(X)
+        check_is_fitted(self)
+        return self._predict_neighbours(*self._search(self._query_features(X), None))
+
+    def _predict_neighbours(self, similarities, indices):
+        """``predict`` from each query's ranked neighbours (``search``'s output)."""
+        codes, weights = self._vote_weights(similarities, indices)
         missing = codes[:, 0] < 0
         if not missing.any():
             return self.classes_[plurality_vote(codes, weights)]
@@ -364,7 +369,8 @@ class GalleryMixin:
         >>> retriever.predict_proba([[0.2, 0.8]])
         array([[0.5, 0.5]])
         """
-        codes, weights = self._votes(X)
+        check_is_fitted(self)
+        codes, weights = self._vote_weights(*self._search(self._query_features(X), None))
         missing = codes[:, 0] < 0
         if not missing.any():
             return class_probabilities(codes, weights, len(self.classes_))
@@ -493,9 +499,8 @@ class GalleryMixin:
             raise ValueError("the gallery holds a single item, which has no neighbour but itself.")
         return k
 
-    def _votes(self, X):
-        check_is_fitted(self)
-        similarities, indices = self._search(self._query_features(X), None)
+    def _vote_weights(self, similarities, indices):
+        """Class codes and vote weights of ranked neighbours; codes -1 for unreadable queries."""
         codes = np.where(indices < 0, -1, self._label_codes[np.maximum(indices, 0)])
         return codes, vote_weights(self._settings.vote, np.where(indices < 0, 0, similarities))
 

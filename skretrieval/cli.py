@@ -246,7 +246,7 @@ def _evaluate(args) -> int:
             len(files), "query image",
         )
         features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
-    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json)
+    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json, embedded=True)
     print(json.dumps(report) if args.json else report)
     return 0
 
