@@ -61,6 +61,7 @@ class EncoderMixin:
         if isinstance(self.encoder_, nn.Module):
             self.encoder_.to(self.device_).eval()
         self._inference_runner = self._new_runner()
+        self._fingerprints = {}  # the encoder's fingerprint per precision, hashed on first use
 
     def _new_runner(self) -> InferenceRunner:
         checked = fast_paths_checked(self.encoder_)
@@ -121,8 +122,9 @@ class EncoderMixin:
             )
         if reset and hasattr(self, "n_features_in_"):
             del self.n_features_in_  # images have no feature count; drop one from an earlier fit
-        if reset:  # fit may have trained the encoder: fast copies of the old one are stale
+        if reset:  # fit may have trained the encoder: fast copies and fingerprints are stale
             self._inference_runner = self._new_runner()
+            self._fingerprints = {}
         mode, dtype = self._inference_mode(source.n, exact)
         try:
             features, labels = encode(
@@ -166,11 +168,12 @@ class EncoderMixin:
         location = cache_location(self.memory)
         if location is None:
             return None
-        # Hashed at every call, not once in fit: training may change the weights.
-        fingerprint = encoder_fingerprint(
-            self.encoder_, self.preprocessing_, self.cache_key,
-            variant=None if dtype == torch.float32 else str(dtype),
-        )
+        # Hashed once per fit (the weights change only there), filled in place on first use.
+        variant = None if dtype == torch.float32 else str(dtype)
+        memo = self.__dict__.setdefault("_fingerprints", {})
+        if variant not in memo:
+            memo[variant] = encoder_fingerprint(self.encoder_, self.preprocessing_, self.cache_key, variant=variant)
+        fingerprint = memo[variant]
         return None if fingerprint is None else FeatureCache(location, fingerprint)
 
     def __getstate__(self):
