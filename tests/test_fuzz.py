@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
 DOCUMENTED = (ValueError, TypeError)  # every input error of the public API is one of these
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
@@ -78,7 +78,10 @@ def _run(model, gallery, queries, k):
 )
 def test_precomputed_fuzz(case, topk, k, similarity):
     gallery, queries = case
-    model = ImageRetriever("precomputed", topk=topk, similarity_fn=similarity, device="cpu")
+    model = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        topk=topk, similarity_fn=similarity,
+    )
     _run(model, gallery, queries, k)
 
 
@@ -101,5 +104,8 @@ def _images(draw, n):
 )
 def test_image_fuzz(data, n, n_queries, k):
     gallery, queries = data.draw(_images(n)), data.draw(_images(n_queries))
-    model = ImageRetriever(ENCODER, preprocessing={"size": 4}, topk=1, device="cpu", batch_size=3)
+    model = ImageRetriever(
+        ImageEncoder(ENCODER, preprocessing={"size": 4}, device="cpu", batch_size=3),
+        topk=1,
+    )
     _run(model, gallery, queries, k)

@@ -12,7 +12,7 @@ import torch
 from helpers import TinyEncoder
 
 import skretrieval
-from skretrieval import ImageRetriever, InconsistentVersionWarning, load
+from skretrieval import ImageEncoder, ImageRetriever, InconsistentVersionWarning, load
 
 RNG = np.random.default_rng(0)
 GALLERY = RNG.random((12, 10, 10, 3)).astype(np.float32)
@@ -21,8 +21,8 @@ LABELS = np.array(list("aabbccddeeff"))
 
 
 def _fitted(**params):
-    params = {"preprocessing": {"size": 8}, "device": "cpu", "topk": 3, **params}
-    return ImageRetriever(TinyEncoder(), **params).fit(GALLERY, LABELS)
+    encoding = ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu")
+    return ImageRetriever(encoding, **{"topk": 3, **params}).fit(GALLERY, LABELS)
 
 
 def test_safe_format_and_joblib_give_identical_neighbours(tmp_path):
@@ -46,7 +46,10 @@ def test_safe_format_and_joblib_give_identical_neighbours(tmp_path):
 
 def test_precomputed_round_trip_with_string_ids(tmp_path):
     features = RNG.random((6, 4))
-    model = ImageRetriever("precomputed", device="cpu", topk=2).fit(features, [1, 1, 2, 2, 3, 3])
+    model = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        topk=2,
+    ).fit(features, [1, 1, 2, 2, 3, 3])
     model.prototype_ids_ = np.array([f"img{i}.png" for i in range(6)], dtype=object)
     loaded = load(model.save(tmp_path / "m.skr"))
     np.testing.assert_array_equal(loaded.kneighbors(features)[1], model.kneighbors(features)[1])
@@ -63,7 +66,10 @@ def test_user_module_must_be_rebound(tmp_path):
 
 
 def test_unjsonable_parameter_names_the_fix(tmp_path):
-    model = ImageRetriever("precomputed", vote=lambda s: np.ones_like(s), device="cpu").fit(np.eye(3))
+    model = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        vote=lambda s: np.ones_like(s),
+    ).fit(np.eye(3))
     with pytest.raises(ValueError, match="vote=.*joblib"):
         model.save(tmp_path / "m.skr")
 
@@ -78,7 +84,9 @@ def _rewrite(path, **members):
 
 
 def test_unknown_version_and_type_are_refused(tmp_path):
-    path = ImageRetriever("precomputed", device="cpu").fit(np.eye(3)).save(tmp_path / "m.skr")
+    path = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+    ).fit(np.eye(3)).save(tmp_path / "m.skr")
     with zipfile.ZipFile(path) as archive:
         meta = json.loads(archive.read("meta.json"))
     _rewrite(path, **{"meta.json": json.dumps({**meta, "format_version": 99})})
@@ -134,7 +142,7 @@ def test_gpu_saved_model_loads_on_cpu(tmp_path):
 
 
 def test_pickle_from_another_version_warns():
-    model = ImageRetriever("precomputed", device="cpu").fit(np.eye(3))
+    model = ImageRetriever(ImageEncoder("precomputed", device="cpu")).fit(np.eye(3))
     state = model.__getstate__()
     assert state["_skretrieval_version"] == skretrieval.__version__
     state["_skretrieval_version"] = "0.0.1"
@@ -150,7 +158,10 @@ def test_pickle_from_another_version_warns():
 
 def test_named_encoder_is_saved_by_name_and_weights(tmp_path):
     # Randomly initialised: only the saved weights can reproduce its neighbours.
-    model = ImageRetriever("mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu", topk=2)
+    model = ImageRetriever(
+        ImageEncoder("mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu"),
+        topk=2,
+    )
     model.fit(GALLERY, LABELS)
     path = model.save(tmp_path / "named.skr")
     with zipfile.ZipFile(path) as archive:
