@@ -59,9 +59,12 @@ def _image_files(paths) -> list[str]:
     return [str(Path(f).resolve()) for f in files]
 
 
-def _folder_labels(files) -> list[str]:
-    """The parent folder name of each file."""
-    return [Path(f).parent.name for f in files]
+def _labelled_image_files(directory):
+    """Image files below ``directory`` (resolved) and their class: the first folder under it."""
+    from .io import list_labelled_images
+
+    files, labels = list_labelled_images(directory)
+    return [str(Path(f).resolve()) for f in files], labels
 
 
 def _estimator_on_error(args) -> str:
@@ -109,8 +112,10 @@ def _fit(args, directory):
     """
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory!r} is not a folder; give a folder of images.")
-    files = _image_files([directory])
-    labels = _folder_labels(files) if getattr(args, "labels_from_folders", False) else None
+    if getattr(args, "labels_from_folders", False):
+        files, labels = _labelled_image_files(directory)
+    else:
+        files, labels = _image_files([directory]), None
     retriever = _retriever(args)
     start = time.perf_counter()
     retriever.fit(files, labels)
@@ -188,6 +193,14 @@ def _search(args) -> int:
     return 0
 
 
+def _check_some_readable(reasons, total: int, where: str) -> None:
+    """Every query unreadable is an error, whatever ``--on-error`` says."""
+    if len(reasons) == total:
+        raise ValueError(
+            f"all {total} query image(s) of {where!r} are unreadable (first: {reasons[0]}); nothing is left to query."
+        )
+
+
 def _plain(value):
     """A numpy scalar as a JSON-ready Python value."""
     return value.item() if hasattr(value, "item") else value
@@ -231,21 +244,15 @@ def _evaluate(args) -> int:
         )
     if not Path(args.query_dir).is_dir():
         raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
-    files = _image_files([args.query_dir])
+    files, labels = _labelled_image_files(args.query_dir)
     retriever.set_params(on_error=_estimator_on_error(args))
     features = retriever.transform(files)  # encoded once; every metric reuses them
-    labels = _folder_labels(files)
     unreadable = np.isnan(features).any(axis=1)  # rows of queries skipped by --on-error
     if unreadable.any():
-        if unreadable.all():
-            raise ValueError(
-                f"all {len(files)} query images under {args.query_dir!r} are unreadable; nothing to evaluate."
-            )
-        _report_skipped(
-            args, [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)],
-            len(files), "query image",
-        )
-        features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
+        reasons = [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)]
+        _check_some_readable(reasons, len(files), args.query_dir)
+        _report_skipped(args, reasons, len(files), "query image")
+        features, labels = features[~unreadable], labels[~unreadable]
     report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json, embedded=True)
     print(json.dumps(report) if args.json else report)
     return 0
@@ -330,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write, e.g. model.skr")
     index.add_argument(
         "--labels-from-folders", action="store_true",
-        help="label each image by the name of its parent folder",
+        help="label each image by its class folder, the first folder under GALLERY_DIR "
+        "(GALLERY_DIR/cat/any/depth/x.jpg is a cat), as torchvision's ImageFolder",
     )
     _encoder_options(index)
     _on_error_option(index)
@@ -356,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("query_dir", metavar="QUERY_DIR", help="folder of query images")
     evaluate.add_argument(
         "--labels-from-folders", action="store_true",
-        help="label each query by the name of its parent folder (required)",
+        help="label each query by its class folder, the first folder under QUERY_DIR (required)",
     )
     evaluate.add_argument(
         "--metrics", default="recall@1,recall@5,map@10",

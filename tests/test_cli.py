@@ -329,3 +329,65 @@ def test_index_reads_every_format_below_the_folder(colour_images, tmp_path, caps
     for path in written:
         own = retriever.kneighbors([path], n_neighbors=1, return_distance=False)[0, 0]
         assert retriever.prototype_ids_[own] == path
+
+
+# ------------------------------------------------------------------------------------------
+# The command line as a new user met it (issue 13)
+
+
+def _error_line(err: str) -> str:
+    """The ``skretrieval COMMAND: error:`` line (a progress bar may precede it on its line)."""
+    (line,) = [line for line in err.splitlines() if ": error: " in line]
+    return line[line.index("skretrieval "):]
+
+
+def test_hidden_files_and_folders_are_not_indexed(colour_images, tmp_path, capsys):
+    """Real images under hidden names are left out, by the CLI and by a folder given to fit."""
+    from PIL import Image
+
+    from skretrieval import ImageRetriever, load
+
+    images, _ = colour_images
+    names = ["a.png", "sub/b.png", ".thumbs/a.png", "._a.png", "sub/.c.png", "sub/.cache/d.png"]
+    for image, name in zip(images, names):
+        path = tmp_path / "gallery" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path, "PNG")
+    model = tmp_path / "m.skr"
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), *TINY]) == 0
+    expected = [str(tmp_path / "gallery" / name) for name in ["a.png", "sub/b.png"]]
+    assert list(load(model).prototype_ids_) == expected
+    python = ImageRetriever("cli_tiny", device="cpu").fit(str(tmp_path / "gallery"))
+    assert list(python.prototype_ids_) == expected
+
+
+def test_labels_from_folders_are_the_first_folder_under_the_root(colour_images, tmp_path, capsys):
+    """root/red/deep/x.png is "red", as torchvision's ImageFolder; Python gets the same labels."""
+    from PIL import Image
+
+    from skretrieval import load
+    from skretrieval.io import list_labelled_images
+
+    images, labels = colour_images
+    colours = np.array(["red", "green", "blue"])[labels]
+    for n, (image, colour) in enumerate(zip(images, colours)):
+        sub = ["", "light/", "light/very/"][n % 3]  # shared sub-folder names across classes
+        path = tmp_path / "gallery" / colour / f"{sub}{n:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    model = tmp_path / "m.skr"
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), "--labels-from-folders", *TINY]) == 0
+    assert "3 labels" in capsys.readouterr().out
+    retriever = load(model)
+    by_file = dict(zip(retriever.prototype_ids_, retriever.prototype_labels_))
+    assert by_file == {str(tmp_path / "gallery" / c / f"{s}{n:02d}.png"): c
+                       for n, c, s in zip(range(24), colours, ["", "light/", "light/very/"] * 8)}
+    files, python_labels = list_labelled_images(tmp_path / "gallery")
+    assert files == list(retriever.prototype_ids_)
+    assert list(python_labels) == list(retriever.prototype_labels_)
+
+    # an image outside any class folder has no label: said, not guessed
+    Image.fromarray(images[0]).save(tmp_path / "gallery" / "stray.png")
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), "--labels-from-folders", *TINY]) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert "'stray.png'" in line and "outside any class folder" in line
