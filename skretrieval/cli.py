@@ -6,9 +6,12 @@ images in a folder). Results go to stdout, progress, warnings and errors to stde
 codes: 0 success, 1 failure (missing file, unreadable image with ``--on-error raise``, ...),
 2 usage error.
 
-``index``, ``duplicates`` and ``evaluate`` take ``--on-error {raise,skip,warn}`` (default
-``warn``): an image file that cannot be decoded stops the run (``raise``) or is left out, and
-with ``warn`` each one left out is named on stderr (the first few, then a count).
+``index``, ``search``, ``duplicates`` and ``evaluate`` take ``--on-error {raise,skip,warn}``
+(default ``warn``): an image file that cannot be decoded stops the run (``raise``) or is left
+out, and with ``warn`` each one left out is named on stderr (the first few, then a count).
+
+Only the standard library is imported here: the package (torch, scikit-learn) is imported
+inside the commands, so ``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -166,9 +169,15 @@ def _has_labels(retriever) -> bool:
 def _search(args) -> int:
     retriever = _load_model(args.model)
     files = _image_files(args.queries)
-    # An unreadable query is an error: a skipped one would come back with index -1.
-    retriever.set_params(verbose=int(len(files) > 1), on_error="raise")
+    retriever.set_params(verbose=int(len(files) > 1), on_error=_estimator_on_error(args))
     similarities, indices = retriever.search(files, k=args.k)
+    readable = indices[:, 0] >= 0  # a query left out by --on-error has no match (index -1)
+    if not readable.all():
+        reasons = [f"cannot read image {f!r}" for f, ok in zip(files, readable) if not ok]
+        _check_some_readable(reasons, len(files), " ".join(args.queries))
+        _report_skipped(args, reasons, len(files), "query image")
+        files = [f for f, ok in zip(files, readable) if ok]
+        similarities, indices = similarities[readable], indices[readable]
     labelled = _has_labels(retriever)
     for query, scores, rows in zip(files, similarities, indices):
         matches = [
@@ -353,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="matches per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="one JSON object per query (JSON lines)")
     search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
+    _on_error_option(search)
     search.set_defaults(handler=_search)
 
     evaluate = commands.add_parser(

@@ -341,6 +341,29 @@ def _error_line(err: str) -> str:
     return line[line.index("skretrieval "):]
 
 
+def test_search_takes_on_error(folders, capsys):
+    model, _ = _index(folders, capsys, "--labels-from-folders")
+    bad = _truncated_jpeg(folders / "queries" / "blue" / "bad.jpg")
+    queries = str(folders / "queries")
+    assert cli.main(["search", str(model), queries, "-k", "1", "--json"]) == 0  # default: warn
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(lines) == 6 and str(bad) not in {line["query"] for line in lines}
+    assert all(line["matches"][0]["label"] == Path(line["query"]).parent.name for line in lines)
+    warnings = [line for line in captured.err.splitlines() if "warning:" in line]
+    assert len(warnings) == 2 and str(bad) in warnings[0]
+    assert warnings[1].endswith("skipped 1 unreadable query image file(s) of 7")
+
+    assert cli.main(["search", str(model), queries, "-k", "1", "--on-error", "skip"]) == 0
+    captured = capsys.readouterr()
+    assert str(bad) not in captured.err + captured.out and "skipped 1 unreadable" in captured.err
+
+    assert cli.main(["search", str(model), queries, "--on-error", "raise"]) == 1
+    assert "bad.jpg" in _error_line(capsys.readouterr().err)
+    assert cli.main(["search", str(model), str(bad)]) == 1
+    assert "all 1 query image(s)" in _error_line(capsys.readouterr().err)
+
+
 def test_hidden_files_and_folders_are_not_indexed(colour_images, tmp_path, capsys):
     """Real images under hidden names are left out, by the CLI and by a folder given to fit."""
     from PIL import Image
