@@ -141,13 +141,33 @@ def _load_model(path):
     return load(path)
 
 
+def _check_writable(path: str, option: str) -> None:
+    """Fail before encoding, not after, when the file ``path`` cannot be written."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path!r} is a folder; give the model file to write, e.g. {str(target / 'model.skr')!r}.")
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path!r}: folder {str(folder)!r} does not exist; create it first.")
+    try:
+        if target.exists():
+            with open(target, "ab"):  # opened to append, not truncated: the file stays as it is
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=folder):  # the only sure test (ACLs, read-only mounts, root)
+                pass
+    except OSError as exc:
+        raise PermissionError(f"{option} {path!r} cannot be written: {exc.strerror or exc}.") from None
+
+
 def _index(args) -> int:
-    folder = Path(args.output).resolve().parent
-    if not folder.is_dir():  # fail before encoding, not after
-        raise FileNotFoundError(f"cannot write {args.output!r}: folder {str(folder)!r} does not exist.")
+    _check_writable(args.output, "-o/--output")
     retriever = _fit(args, args.gallery_dir)
     # --on-error applied to reading this gallery; the model file queries as any other
-    # (`search` and Python users get an error for an unreadable query, not a row of NaN).
+    # (Python users get an error for an unreadable query, not a row of NaN; `search` and
+    # `evaluate` apply their own --on-error).
     retriever.set_params(on_error="raise")
     retriever.save(args.output)
     labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"

@@ -341,6 +341,37 @@ def _error_line(err: str) -> str:
     return line[line.index("skretrieval "):]
 
 
+def _read_only_folder(tmp_path):
+    """A folder nobody may write to: chmod for a user; root ignores that, and sysfs refuses it."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "output, problem",
+    [
+        ("{tmp}/gallery", "is a folder; give the model file to write"),
+        ("{tmp}/no/such/m.skr", "does not exist; create it first"),
+        ("{tmp}/gallery/red/00.png/m.skr", "does not exist"),  # the "folder" is a file
+        ("{read_only}/m.skr", "cannot be written: Permission denied"),
+    ],
+)
+def test_index_output_is_checked_before_encoding(folders, capsys, output, problem):
+    output = output.format(tmp=folders, read_only=_read_only_folder(folders))
+    assert cli.main(["index", str(folders / "gallery"), "-o", output, *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "encoded" not in err and "encoding" not in err  # failed before any image was encoded
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("hint: ")
+    assert lines[0].startswith(f"skretrieval index: error: -o/--output {output!r}") and problem in lines[0]
+
+
 def test_search_takes_on_error(folders, capsys):
     model, _ = _index(folders, capsys, "--labels-from-folders")
     bad = _truncated_jpeg(folders / "queries" / "blue" / "bad.jpg")
