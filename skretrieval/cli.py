@@ -291,13 +291,19 @@ def _duplicates(args) -> int:
     retriever = _fit(args, args.directory)
     groups = retriever.find_duplicates(min_similarity=args.threshold)
     paths = retriever.prototype_ids_  # rows of the gallery: unreadable files are not among them
+    # The similarity of each image to its nearest other one, which is in its group: the
+    # link that put it there.
+    scores = retriever.search(k=1)[0][:, 0] if args.scores and groups else None
     for number, group in enumerate(groups, start=1):
         if args.json:
-            print(json.dumps({"group": number, "paths": [str(paths[i]) for i in group]}))
+            line = {"group": number, "paths": [str(paths[i]) for i in group]}
+            if scores is not None:
+                line["scores"] = [round(float(scores[i]), 6) for i in group]
+            print(json.dumps(line))
         else:
             print(f"group {number}: {len(group)} images")
             for i in group:
-                print(f"  {paths[i]}")
+                print(f"  {paths[i]}" if scores is None else f"  {scores[i]:.4f}  {paths[i]}")
     print(
         f"{len(groups)} group(s) of near-identical images (similarity >= {args.threshold})",
         file=sys.stderr,
@@ -332,6 +338,17 @@ def _encoder_options(parser) -> None:
         help="dtype the encoder computes in; bf16 is faster on CPUs with AMX/AVX512-BF16 and "
         "on GPUs, and moves results slightly (default: %(default)s)",
     )
+
+
+def _cosine_threshold(text: str) -> float:
+    """A cosine similarity in [-1, 1] (argparse prints the error as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number; give a cosine similarity in [-1, 1].") from None
+    if not -1.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is outside [-1, 1], the range of a cosine similarity.")
+    return value
 
 
 def _on_error_option(parser) -> None:
@@ -411,9 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     duplicates.add_argument("directory", metavar="DIR", help="folder of images")
     duplicates.add_argument(
-        "--threshold", type=float, default=0.95, help="minimum cosine similarity (default: %(default)s)"
+        "--threshold", type=_cosine_threshold, default=0.95,
+        help="minimum cosine similarity, in [-1, 1] (default: %(default)s)",
     )
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
+    duplicates.add_argument(
+        "--scores", action="store_true",
+        help="also show each image's similarity to its nearest image in the group",
+    )
     _encoder_options(duplicates)
     _on_error_option(duplicates)
     duplicates.set_defaults(handler=_duplicates)

@@ -372,6 +372,22 @@ def test_index_output_is_checked_before_encoding(folders, capsys, output, proble
     assert lines[0].startswith(f"skretrieval index: error: -o/--output {output!r}") and problem in lines[0]
 
 
+@pytest.mark.parametrize("threshold", ["1.5", "-1.01", "nan", "high"])
+def test_duplicates_threshold_outside_its_range_is_a_usage_error(folders, capsys, threshold):
+    assert cli.main(["duplicates", str(folders / "gallery"), "--threshold", threshold, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "encoded" not in err and "encoding" not in err
+    assert err.splitlines()[-1].startswith(f"skretrieval duplicates: error: argument --threshold: {threshold}")
+    assert "[-1, 1]" in err.splitlines()[-1]
+
+
+def test_duplicates_threshold_bounds_are_accepted(folders, capsys):
+    assert cli.main(["duplicates", str(folders / "gallery"), "--threshold", "1", *TINY]) == 0
+    assert cli.main(["duplicates", str(folders / "gallery"), "--threshold", "-1", "--json", *TINY]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # every image is at least -1 similar to every other
+    assert len(json.loads(line)["paths"]) == 18
+
+
 def test_search_takes_on_error(folders, capsys):
     model, _ = _index(folders, capsys, "--labels-from-folders")
     bad = _truncated_jpeg(folders / "queries" / "blue" / "bad.jpg")
@@ -445,3 +461,37 @@ def test_labels_from_folders_are_the_first_folder_under_the_root(colour_images, 
     assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), "--labels-from-folders", *TINY]) == 1
     line = _error_line(capsys.readouterr().err)
     assert "'stray.png'" in line and "outside any class folder" in line
+
+
+def test_duplicates_shows_the_scores(colour_images, tmp_path, capsys):
+    """Each image's similarity to its nearest other image, against numpy on the same features."""
+    from PIL import Image
+
+    from skretrieval import ImageRetriever
+
+    images, _ = colour_images
+    for n in range(8, 16):  # the greens: near-identical to the tiny encoder
+        Image.fromarray(images[n]).save(tmp_path / f"{n:02d}.png")
+    Image.fromarray(images[0]).save(tmp_path / "red.png")
+    files = sorted(str(p) for p in tmp_path.glob("*.png"))
+    features = ImageRetriever("cli_tiny", device="cpu").fit(files).prototype_
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    nearest = cosine.max(axis=1)
+    threshold = float(np.sort(nearest[:-1])[0]) - 1e-4  # every green links; red does not
+    assert nearest[-1] < threshold
+
+    argv = ["duplicates", str(tmp_path), "--threshold", f"{threshold:.6f}", "--scores", *TINY]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "group 1: 8 images" and len(out) == 9
+    rows = [line.split() for line in out[1:]]
+    assert [path for _, path in rows] == files[:-1]
+    np.testing.assert_allclose([float(score) for score, _ in rows], nearest[:-1], atol=6e-5)
+
+    assert cli.main([*argv, "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    group = json.loads(line)
+    assert group["paths"] == files[:-1]
+    np.testing.assert_allclose(group["scores"], nearest[:-1], atol=1e-5)
