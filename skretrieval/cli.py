@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -449,6 +450,41 @@ def command_parsers() -> dict:
     return {"": parser, **commands.choices}
 
 
+# The library's errors name Python parameters; the CLI shows them as its options. A parameter
+# maps to the option (argparse dest) of the same name unless listed here.
+_OPTION_OF_PARAMETER = {
+    "n_neighbors": "k",
+    "topk": "k",  # demo has --topk itself: its own option comes first
+    "encode_precision": "precision",
+    "Preprocessing size": "image_size",
+    "preprocessing": "image_size",
+    "min_similarity": "threshold",
+}
+_PARAMETER = re.compile(
+    r"The '(?P<quoted>\w+)' parameter of \w+"  # scikit-learn's parameter validation
+    r"|\b(?P<assigned>\w+)=(?!=)"  # weights='x'
+    r"|'[^']*'"  # any other quoted text (a path, a value) is left as it is
+    r"|\b(?P<bare>[a-z]+_[a-z_]+|topk|Preprocessing size)\b"  # n_jobs, batch_size
+)
+
+
+def _with_cli_options(message: str, parser) -> str:
+    """``message`` with the Python parameters it names written as ``parser``'s options."""
+    options = {a.dest: "/".join(a.option_strings) for a in parser._actions if a.option_strings}
+
+    def option(match):
+        name = match["quoted"] or match["assigned"] or match["bare"]
+        found = options.get(name) or options.get(_OPTION_OF_PARAMETER.get(name))
+        if found is None:
+            return match[0]
+        return found + (" " if match["assigned"] else "")
+
+    message = _PARAMETER.sub(option, message)
+    for found in set(options.values()):  # "topk or n_neighbors" became "-k or -k"
+        message = message.replace(f"{found} or {found}", found).replace(f"{found}/{found}", found)
+    return message
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (0 success, 1 failure, 2 usage error)."""
     parser = build_parser()
@@ -463,7 +499,7 @@ def main(argv=None) -> int:
         print(f"hint: see `skretrieval {args.command} --help`.", file=sys.stderr)
         return 2
     except _USER_ERRORS as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = _with_cli_options(" ".join(str(exc).split()) or type(exc).__name__, command_parsers()[args.command])
         print(f"skretrieval {args.command}: error: {message}", file=sys.stderr)
         print(f"hint: see `skretrieval {args.command} --help` for the accepted options.", file=sys.stderr)
         return 1

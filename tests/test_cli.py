@@ -144,7 +144,7 @@ def test_evaluate_matches_retrieval_report(folders, capsys):
         (["search", "{tmp}/missing.skr", "{tmp}/q.png"], "does not exist"),
         (["search", "{model}", "{tmp}/nope.png"], "does not exist"),
         (["search", "{model}", "{tmp}/broken.png"], "cannot read image"),
-        (["search", "{model}", "{tmp}/queries", "-k", "50"], "lower topk"),
+        (["search", "{model}", "{tmp}/queries", "-k", "50"], "lower -k,"),
         (["index", "{tmp}/nowhere", "-o", "{tmp}/m.skr", *TINY], "is not a folder"),
         (["index", "{tmp}/gallery", "-o", "{tmp}/no/m.skr", *TINY], "does not exist"),
         (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", "--encoder", "no_such_encoder"], "Unknown encoder"),
@@ -370,6 +370,25 @@ def test_index_output_is_checked_before_encoding(folders, capsys, output, proble
     lines = err.splitlines()
     assert len(lines) == 2 and lines[1].startswith("hint: ")
     assert lines[0].startswith(f"skretrieval index: error: -o/--output {output!r}") and problem in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, option, parameter",
+    [
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", *TINY, "--batch-size", "0"], "--batch-size must be an int", "batch_size"),
+        (["duplicates", "{tmp}/gallery", *TINY, "--n-jobs", "0"], "--n-jobs", "n_jobs"),
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", "--weights", "bogus"], "--weights 'bogus' is not available", "weights="),
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", *TINY, "--image-size", "0"], "--image-size must be a positive int", "Preprocessing"),
+        (["search", "{model}", "{tmp}/queries", "-k", "50"], "50 neighbours requested (-k), but", "topk"),
+        (["search", "{model}", "{tmp}/queries", "-k", "0"], "-k must be a positive int or -1", "n_neighbors"),
+    ],
+)
+def test_errors_name_the_cli_options_not_python_parameters(folders, capsys, argv, option, parameter):
+    model, _ = _index(folders, capsys)
+    argv = [a.format(tmp=folders, model=model) for a in argv]
+    assert cli.main(argv) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert option in line and parameter not in line, line
 
 
 @pytest.mark.parametrize("threshold", ["1.5", "-1.01", "nan", "high"])
