@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from ._inference import COMPILE_MODES, ENCODE_PRECISIONS
+from ._modes import COMPILE_MODES, ENCODE_PRECISIONS
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
 _ON_ERROR = ("raise", "skip", "warn")
@@ -361,7 +361,10 @@ def _on_error_option(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="skretrieval", description="Image-to-image retrieval.")
+    parser.add_argument("--version", action="version", version=f"skretrieval {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="Retrieve scikit-learn's digits with the pretrained default encoder (offline).",
@@ -488,9 +491,13 @@ def _with_cli_options(message: str, parser) -> str:
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (0 success, 1 failure, 2 usage error)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # no command: a usage error, answered with the whole help
+        parser.print_help(sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2), already printed
         return 0 if exc.code is None else int(exc.code)
     try:
         return args.handler(args)
