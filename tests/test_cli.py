@@ -527,6 +527,23 @@ def test_help_does_not_import_torch():
     assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False"
 
 
+def test_progress_bar_ends_at_its_total_when_files_were_skipped(folders, capsys, monkeypatch):
+    import tqdm.auto
+
+    ends = []
+
+    class RecordingBar(tqdm.auto.tqdm):
+        def close(self):
+            ends.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    _truncated_jpeg(folders / "gallery" / "blue" / "bad.jpg")  # in the middle of the files
+    _truncated_jpeg(folders / "gallery" / "red" / "zz_bad.jpg")  # the last file: after the last batch
+    _index(folders, capsys, "--batch-size", "4")
+    assert set(ends) == {("encoding", 20, 20)}  # (closed by its context and again by tqdm itself)
+
+
 def test_duplicates_shows_the_scores(colour_images, tmp_path, capsys):
     """Each image's similarity to its nearest other image, against numpy on the same features."""
     from PIL import Image
