@@ -70,7 +70,7 @@ class InconsistentVersionWarning(UserWarning):
 
 def check_pickled_version(original_version) -> None:
     """Warn (:class:`InconsistentVersionWarning`) when a pickle comes from another version."""
-    from . import __version__
+    from ._version import __version__
 
     if original_version is not None and original_version != __version__:
         warnings.warn(
@@ -85,7 +85,7 @@ def save(estimator, path) -> Path:
     from safetensors.torch import save as save_tensors
     from sklearn.utils.validation import check_is_fitted
 
-    from . import __version__
+    from ._version import __version__
 
     check_is_fitted(estimator)
     if getattr(estimator, "projection_", None) is not None or getattr(estimator, "head", None) is not None:
