@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._scorers import _query_ranking, get_scorer
+from ._scorers import _query_ranking, _RetrievalScorer, get_scorer
 
 
 def retrieval_report(
@@ -34,7 +34,8 @@ def retrieval_report(
         Labels of the queries; a gallery item is relevant when its label is equal.
     metrics : str or sequence of str, default=("recall@1", "recall@5", "map@10")
         Names accepted by :func:`get_scorer`, and ``"accuracy"`` for the kNN accuracy
-        ``estimator.score(X, y)`` (its own ``predict``, which votes over ``topk``).
+        ``estimator.score(X, y)`` (its own ``predict``, which votes over ``topk``). The
+        ranking metrics share one search; each open-set one makes its own.
     output_dict : bool, default=False
         Return ``{name: value}`` instead of text.
     digits : int, default=4
@@ -67,15 +68,18 @@ def retrieval_report(
     if not names:
         raise ValueError("metrics is empty; give at least one name, e.g. ('recall@1', 'map@10').")
     scorers = {name: get_scorer(name) for name in names if name != "accuracy"}
+    ranked = [scorer.k for scorer in scorers.values() if isinstance(scorer, _RetrievalScorer)]
     values, ranking = {}, None
-    if scorers:
-        ranking = _query_ranking(estimator, X, y, [scorer.k for scorer in scorers.values()])
+    if ranked:
+        ranking = _query_ranking(estimator, X, y, ranked)
     for name in names:
+        scorer = scorers.get(name)
         if name == "accuracy":
             values[name] = float(estimator.score(X, y))
-        else:
-            scorer = scorers[name]
+        elif isinstance(scorer, _RetrievalScorer):
             values[name] = float(scorer.metric(ranking, scorer.k).mean())
+        else:  # open-set scorers query the estimator themselves
+            values[name] = scorer(estimator, X, y)
     if output_dict:
         return values
 
