@@ -10,10 +10,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin, with_encoding_options
+from ._open_set import (
+    OPEN_SET_CONSTRAINTS,
+    fit_threshold,
+    label_rejected,
+    reject_probabilities,
+    rejected,
+    resolve_outlier_label,
+)
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from ._vote import class_probabilities, plurality_vote, vote_weights
 from .io import to_unit_float
@@ -68,6 +77,24 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         Weight of each neighbour's vote: 1, ``max(s, 0)`` (uniform when all are 0), or
         ``vote(similarities) -> weights`` of shape ``(n_queries, k)``. A tie goes to the class
         of the best-ranked neighbour among the tied ones.
+    threshold : float, "auto" or None, default=None
+        Open-set retrieval: the least similarity of a query's best match (on the scale of
+        ``similarity_fn``, ``-distance`` for euclidean; compared in float32) for ``predict``
+        to answer with a gallery label; a query whose best match is below it is rejected
+        (an equal one is accepted) and gets ``outlier_label``. ``"auto"``: ``fit`` chooses
+        it so that a query of a class absent from the gallery is accepted at about
+        ``false_match_rate``, by holding each class out of the gallery in turn and taking
+        the best matches of its items among the other classes; without ``y`` it leaves
+        items out. None: closed set, every query gets a gallery label.
+    outlier_label : int, str, "most_frequent" or None, default=None
+        The answer of ``predict`` for a rejected query, as in
+        :class:`~sklearn.neighbors.RadiusNeighborsClassifier`: a label of the gallery
+        labels' kind (a number for numbers, a string for strings; else ``fit`` raises a
+        ``TypeError``), ``"most_frequent"`` (the most frequent gallery label), or None:
+        ``predict`` and ``predict_proba`` raise a ``ValueError`` naming the rejected queries.
+    false_match_rate : float, default=0.05
+        With ``threshold="auto"``: the share of queries of absent classes that may be
+        accepted, in [0, 1]. See :mod:`skretrieval.metrics` for FMR/FNMR.
     batch_size : int, default=32
         Images encoded per forward pass.
     device : str or torch.device, default="auto"
@@ -175,6 +202,12 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         Sorted distinct labels. Fitted without ``y``, every gallery item is its own class,
         so ``predict`` returns gallery indices and ``predict_proba`` is
         ``(n_queries, n_gallery)``.
+    threshold_ : float or None
+        The threshold in use: ``threshold`` itself, or the one ``"auto"`` chose. ``add``
+        keeps it, ``"auto"`` included (it is not re-estimated as the gallery grows; re-fit
+        to re-estimate, with ``memory=`` nothing is encoded again).
+    outlier_label_ : scalar or None
+        The label of rejected queries (``"most_frequent"`` resolved).
     encoder_ : nn.Module, callable or None
         The encoder used (a copy of a given module); None for ``"precomputed"``.
     preprocessing_ : callable or None
@@ -218,6 +251,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         "vote": [StrOptions({"uniform", "similarity"}), callable],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
         "search_precision": [StrOptions(set(PRECISIONS))],
+        **OPEN_SET_CONSTRAINTS,
         **TRAINING_CONSTRAINTS,
     }
 
@@ -230,6 +264,9 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         similarity_fn="cosine",
         topk=5,
         vote="uniform",
+        threshold=None,
+        outlier_label=None,
+        false_match_rate=0.05,
         batch_size=32,
         device="auto",
         memory=None,
@@ -266,6 +303,9 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.similarity_fn = similarity_fn
         self.topk = topk
         self.vote = vote
+        self.threshold = threshold
+        self.outlier_label = outlier_label
+        self.false_match_rate = false_match_rate
         self.batch_size = batch_size
         self.device = device
         self.memory = memory
@@ -340,6 +380,10 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.prototype_ids_ = np.asarray(ids) if ids is not None else np.arange(n)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
         self._search_cache = _SearchCache()  # filled by the first query
+        self.outlier_label_ = resolve_outlier_label(self.outlier_label, self.classes_, self._label_codes)
+        self.threshold_ = fit_threshold(
+            self.threshold, self.false_match_rate, self._search_rows, self.prototype_labels_
+        )
         # Where each gallery image came from, by reference (paths are in prototype_ids_).
         self._gallery_source = X.dataset if isinstance(X, torch.utils.data.DataLoader) else X
         return self
@@ -562,7 +606,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
         return sp.csr_matrix((data, columns, indptr), shape=(len(indices), len(self.prototype_)))
 
-    def find_duplicates(self, min_similarity: float = 0.9) -> list[np.ndarray]:
+    def find_duplicates(self, min_similarity: float | str = 0.9) -> list[np.ndarray]:
         """Groups of near-identical gallery items.
 
         Two items are linked when their similarity is at least ``min_similarity`` (exactly,
@@ -571,8 +615,12 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
 
         Parameters
         ----------
-        min_similarity : float, default=0.9
-            On the scale of ``similarity_fn`` (``-distance`` for euclidean).
+        min_similarity : float or "auto", default=0.9
+            On the scale of ``similarity_fn`` (``-distance`` for euclidean). ``"auto"``:
+            the rule of ``threshold="auto"`` leaving items out (whatever the labels): at most
+            ``false_match_rate`` of the items are linked to their best match, the most
+            similar first. Duplicates count in that share, so set ``false_match_rate``
+            above the share of items you expect to have one.
 
         Returns
         -------
@@ -591,6 +639,9 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         from scipy.sparse.csgraph import connected_components
 
         check_is_fitted(self)
+        if isinstance(min_similarity, str) and min_similarity == "auto":
+            items = np.arange(len(self.prototype_))
+            min_similarity = fit_threshold("auto", self.false_match_rate, self._search_rows, items)
         radius = float(get_similarity(self.similarity_fn).to_distance(np.float32(min_similarity)))
         graph = self.radius_neighbors_graph(radius=radius)
         _, component = connected_components(graph, directed=False)
@@ -614,7 +665,8 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         -------
         self : ImageRetriever
             ``prototype_``, ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` are
-            extended; the result equals fitting on the concatenated gallery.
+            extended; the result equals fitting on the concatenated gallery, except that
+            ``threshold_`` is kept as it is (a ``"auto"`` one is not re-estimated).
 
         Examples
         --------
@@ -649,6 +701,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         self.prototype_labels_ = _concatenate(self.prototype_labels_, np.asarray(labels))
         self.prototype_ids_ = _concatenate(self.prototype_ids_, ids)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        self.outlier_label_ = resolve_outlier_label(self.outlier_label, self.classes_, self._label_codes)
         if not isinstance(self.prototype_ids_[-1], str):
             # In-memory gallery images are kept by reference to what fit got; added ones are not.
             self.__dict__.pop("_gallery_source", None)
@@ -665,16 +718,19 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         Returns
         -------
         y_pred : ndarray of shape (n_queries,)
-            Labels from ``classes_``; gallery indices when fitted without ``y``.
+            Labels from ``classes_``; gallery indices when fitted without ``y``. With a
+            ``threshold``, ``outlier_label_`` for the queries whose best match is below
+            ``threshold_``.
         """
-        codes, weights = self._votes(X)
+        codes, weights, best = self._votes(X)
         missing = codes[:, 0] < 0  # skipped unreadable queries (on_error)
         if not missing.any():
-            return self.classes_[plurality_vote(codes, weights)]
-        y_pred = np.full(len(codes), None, dtype=object)
-        if not missing.all():
-            y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
-        return y_pred
+            y_pred = self.classes_[plurality_vote(codes, weights)]
+        else:
+            y_pred = np.full(len(codes), None, dtype=object)
+            if not missing.all():
+                y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
+        return label_rejected(y_pred, rejected(best, self.threshold_) & ~missing, self.outlier_label_)
 
     def predict_proba(self, X):
         """Vote shares of every class among the ``topk`` neighbours.
@@ -688,16 +744,53 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         -------
         proba : ndarray of shape (n_queries, n_classes)
             Rows sum to 1; columns follow ``classes_`` (the gallery items when fitted
-            without ``y``).
+            without ``y``). The row of a rejected query (see ``threshold``) is 1 in the
+            column of ``outlier_label_`` when it is one of ``classes_``, as in
+            :class:`~sklearn.neighbors.RadiusNeighborsClassifier`, and all 0 otherwise.
         """
-        codes, weights = self._votes(X)
+        codes, weights, best = self._votes(X)
         missing = codes[:, 0] < 0
         if not missing.any():
-            return class_probabilities(codes, weights, len(self.classes_))
-        proba = np.full((len(codes), len(self.classes_)), np.nan)
-        if not missing.all():
-            proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
-        return proba
+            proba = class_probabilities(codes, weights, len(self.classes_))
+        else:
+            proba = np.full((len(codes), len(self.classes_)), np.nan)
+            if not missing.all():
+                proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
+        reject = rejected(best, self.threshold_) & ~missing
+        return reject_probabilities(proba, reject, self.classes_, self.outlier_label_)
+
+    @available_if(lambda self: self.threshold is not None)
+    def decision_function(self, X):
+        """Best-match similarity minus ``threshold_``: a query is accepted when it is >= 0.
+
+        As for outlier detectors (``IsolationForest``, ``OneClassSVM``), positive means
+        inlier: ``predict`` answers with a gallery label exactly where this is >= 0 (the
+        subtraction is done in float32, so its sign is the comparison's). Only available
+        with a ``threshold``.
+
+        Parameters
+        ----------
+        X : images or features
+            Queries.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries,), float64
+            ``-inf`` for a query skipped as unreadable (``on_error``).
+
+        Examples
+        --------
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=1, threshold=0.8, outlier_label=-1)
+        >>> retriever = retriever.fit([[1.0, 0.0], [0.0, 1.0]])
+        >>> retriever.decision_function([[1.0, 0.0], [0.6, 0.8]]).round(3)
+        array([0.2, 0. ])
+        >>> retriever.predict([[1.0, 0.0], [0.6, 0.8], [0.7, 0.7]])
+        array([ 0,  1, -1])
+        """
+        check_is_fitted(self)
+        best = self._search(self._query_features(X), 1)[0][:, 0]
+        return (best - np.float32(self.threshold_)).astype(np.float64)
 
     def dump_prototype(self, path):
         """Write the gallery features, labels and ids to ``path`` (``fit`` accepts the file).
@@ -843,7 +936,12 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         check_is_fitted(self)
         similarities, indices = self._search(self._query_features(X), None)
         codes = np.where(indices < 0, -1, self._label_codes[indices])
-        return codes, vote_weights(self.vote, np.where(indices < 0, 0, similarities))
+        weights = vote_weights(self.vote, np.where(indices < 0, 0, similarities))
+        return codes, weights, similarities[:, 0]
+
+    def _search_rows(self, rows: np.ndarray, k: int):
+        """The ``k`` best gallery matches of gallery rows ``rows`` (for ``threshold="auto"``)."""
+        return self._search(self.prototype_[rows], k)
 
     def _gallery_image(self, i: int) -> np.ndarray:
         """Gallery item ``i`` as an ``(H, W, 3)`` float array in [0, 1], read from its source.

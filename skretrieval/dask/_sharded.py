@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from .._open_set import label_rejected, rejected, resolve_outlier_label
 from .._retriever import ImageRetriever
 from .._vote import plurality_vote, vote_weights
 from ..search import get_similarity, topk_search
@@ -68,6 +69,9 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         Global gallery row where each shard starts, and the gallery size.
     prototype_labels_ : ndarray of shape (n_gallery,)
     classes_ : ndarray of shape (n_classes,)
+    threshold_ : float or None
+        The fitted retriever's (``partial_fit`` keeps it).
+    outlier_label_ : scalar or None
     n_features_ : int
         Width of the gallery features.
 
@@ -225,10 +229,13 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         Returns
         -------
         y_pred : ndarray of shape (n_queries,)
+            With a ``threshold``, ``outlier_label_`` for the rejected queries, as
+            :meth:`ImageRetriever.predict`.
         """
         similarities, indices = self.search(X)
         weights = vote_weights(self.retriever_.vote, similarities)
-        return self.classes_[plurality_vote(self._label_codes[indices], weights)]
+        y_pred = self.classes_[plurality_vote(self._label_codes[indices], weights)]
+        return label_rejected(y_pred, rejected(similarities[:, 0], self.threshold_), self.outlier_label_)
 
     def transform(self, X):
         """Feature vectors of ``X`` (encoded on the client), as the gallery was encoded.
@@ -258,6 +265,7 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         bounds = np.linspace(0, len(features), self._n_blocks(len(features)) + 1).astype(np.int64)
         self.shards_ = self._scatter(features, bounds)
         self.shard_offsets_ = bounds
+        self.threshold_ = retriever.threshold_
         self._set_labels(retriever.prototype_labels_)
         return self
 
@@ -282,6 +290,7 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
     def _set_labels(self, labels):
         self.prototype_labels_ = np.asarray(labels)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        self.outlier_label_ = resolve_outlier_label(self.retriever_.outlier_label, self.classes_, self._label_codes)
 
     def _check_width(self, features):
         if features.shape[1] != self.n_features_:
