@@ -68,6 +68,11 @@ def fit_threshold(threshold, false_match_rate: float, search: Search, labels) ->
     return _threshold_at_rate(best_impostor_similarities(search, labels), false_match_rate)
 
 
+def duplicate_threshold(false_match_rate: float, search: Search, n_items: int) -> float:
+    """``threshold="auto"`` leaving single items out, whatever the labels: near-duplicates."""
+    return fit_threshold("auto", false_match_rate, search, np.arange(n_items))
+
+
 def rejected(best_similarities: np.ndarray, threshold: float | None) -> np.ndarray:
     """Which queries to reject: best match below ``threshold`` (in float32); an equal one is accepted."""
     if threshold is None:

@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin, with_encoding_options
 from ._open_set import (
     OPEN_SET_CONSTRAINTS,
+    duplicate_threshold,
     fit_threshold,
     label_rejected,
     reject_probabilities,
@@ -640,8 +641,7 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
 
         check_is_fitted(self)
         if isinstance(min_similarity, str) and min_similarity == "auto":
-            items = np.arange(len(self.prototype_))
-            min_similarity = fit_threshold("auto", self.false_match_rate, self._search_rows, items)
+            min_similarity = duplicate_threshold(self.false_match_rate, self._search_rows, len(self.prototype_))
         radius = float(get_similarity(self.similarity_fn).to_distance(np.float32(min_similarity)))
         graph = self.radius_neighbors_graph(radius=radius)
         _, component = connected_components(graph, directed=False)

@@ -165,7 +165,9 @@ def _search(args) -> int:
     retriever.set_params(verbose=int(len(files) > 1), on_error="raise")
     similarities, indices = retriever.search(files, k=args.k)
     labelled = _has_labels(retriever)
-    for query, scores, rows in zip(files, similarities, indices):
+    threshold = _model_threshold(retriever, args)
+    rejected = _rejected(similarities[:, 0], threshold)
+    for query, scores, rows, reject in zip(files, similarities, indices, rejected):
         matches = [
             {
                 "rank": rank,
@@ -176,9 +178,13 @@ def _search(args) -> int:
             for rank, (score, i) in enumerate(zip(scores, rows), start=1)
         ]
         if args.json:
-            print(json.dumps({"query": query, "matches": matches}))
+            line = {"query": query, "matches": matches}
+            if threshold is not None:
+                line.update(rejected=bool(reject), threshold=threshold)
+            print(json.dumps(line))
         else:
-            print(f"query: {query}")
+            mark = f"  [rejected: no match reaches the threshold {threshold:.4f}]" if reject else ""
+            print(f"query: {query}{mark}")
             print(f"  {'rank':>4}  {'score':>8}  {'label':<12}  path")
             for m in matches:
                 label = "-" if m["label"] is None else str(m["label"])
@@ -186,6 +192,33 @@ def _search(args) -> int:
     if args.plot:
         _plot(retriever, files, similarities, indices, args.plot)
     return 0
+
+
+def _threshold_option(text: str):
+    """``--threshold``: a number or ``auto``."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, not {text!r}") from None
+
+
+def _model_threshold(retriever, args) -> float | None:
+    """The threshold ``--threshold`` asks for: None, the number, or ``auto`` estimated on the model's gallery.
+
+    ``auto`` holds each gallery label out in turn (each image, in a model without labels),
+    as ``ImageRetriever(threshold="auto")`` does in ``fit``.
+    """
+    from ._open_set import fit_threshold
+
+    return fit_threshold(args.threshold, args.false_match_rate, retriever._search_rows, retriever.prototype_labels_)
+
+
+def _rejected(best_similarities, threshold):
+    from ._open_set import rejected
+
+    return rejected(best_similarities, threshold)
 
 
 def _plain(value):
@@ -247,13 +280,69 @@ def _evaluate(args) -> int:
         )
         features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
     report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json)
-    print(json.dumps(report) if args.json else report)
+    figures = _open_set_figures(retriever, features, labels, args)
+    if args.json:
+        print(json.dumps(report if figures is None else {**report, "open_set": figures}))
+    else:
+        print(report)
+        if figures is not None:
+            print(f"\nopen set: {figures['unknown_queries']} of {len(labels)} queries have a label the gallery lacks")
+            print("\n".join(f"  {name:<22} {value:.4f}" for name, value in figures.items() if name != "unknown_queries"))
     return 0
 
 
+def _open_set_figures(retriever, features, labels, args) -> dict | None:
+    """Open-set figures, when some query labels are missing from the gallery (else None).
+
+    Threshold-free: the EER of accepting a query by its best match, and the
+    detection-and-identification rate at ``--false-match-rate``; with ``--threshold``
+    also the false match rate on the unknown queries, the false non-match rate on the
+    known ones and the open-set accuracy at that threshold.
+    """
+    import numpy as np
+
+    from .metrics import (
+        detection_identification_rate,
+        equal_error_rate,
+        false_match_rate,
+        false_non_match_rate,
+        open_set_accuracy,
+    )
+
+    labels = np.asarray(labels)
+    known = np.isin(labels, retriever.classes_)
+    if known.all():
+        return None
+    similarities, indices = retriever.search(features, k=1)
+    best, top1 = similarities[:, 0], retriever.prototype_labels_[indices[:, 0]]
+    figures = {"unknown_queries": int((~known).sum())}
+    if known.any():
+        figures["detection_eer"] = equal_error_rate(best[known], best[~known])
+        figures[f"dir@{args.false_match_rate:g}"] = detection_identification_rate(
+            labels, top1, best, gallery_labels=retriever.classes_, false_alarm_rate=args.false_match_rate
+        )
+    threshold = _model_threshold(retriever, args)
+    if threshold is not None:
+        rejected = _rejected(best, threshold)
+        y_pred = np.where(rejected, None, retriever.predict(features).astype(object))
+        figures["threshold"] = threshold
+        figures["false_match_rate"] = false_match_rate(best[~known], threshold)
+        if known.any():
+            figures["false_non_match_rate"] = false_non_match_rate(best[known], threshold)
+        figures["open_set_accuracy"] = open_set_accuracy(
+            labels, y_pred, gallery_labels=retriever.classes_, outlier_label=None
+        )
+    return figures
+
+
 def _duplicates(args) -> int:
+    from ._open_set import duplicate_threshold
+
     retriever = _fit(args, args.directory)
-    groups = retriever.find_duplicates(min_similarity=args.threshold)
+    threshold = args.threshold
+    if threshold == "auto":  # each image left out in turn, as find_duplicates("auto")
+        threshold = duplicate_threshold(args.false_match_rate, retriever._search_rows, len(retriever.prototype_))
+    groups = retriever.find_duplicates(min_similarity=threshold)
     paths = retriever.prototype_ids_  # rows of the gallery: unreadable files are not among them
     for number, group in enumerate(groups, start=1):
         if args.json:
@@ -263,7 +352,7 @@ def _duplicates(args) -> int:
             for i in group:
                 print(f"  {paths[i]}")
     print(
-        f"{len(groups)} group(s) of near-identical images (similarity >= {args.threshold})",
+        f"{len(groups)} group(s) of near-identical images (similarity >= {threshold:.6g})",
         file=sys.stderr,
     )
     return 0
@@ -306,6 +395,19 @@ def _on_error_option(parser) -> None:
     )
 
 
+def _threshold_options(parser, what: str, default=None) -> None:
+    parser.add_argument(
+        "--threshold", type=_threshold_option, default=default, metavar="{NUMBER,auto}",
+        help=f"{what}; auto: chosen on the gallery so that about --false-match-rate of the "
+        "images of an absent label (of unrelated images, for duplicates) pass it "
+        + ("(default: none)" if default is None else "(default: %(default)s)"),
+    )
+    parser.add_argument(
+        "--false-match-rate", type=float, default=0.05, metavar="RATE",
+        help="share of strangers --threshold auto lets pass (default: %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skretrieval", description="Image-to-image retrieval.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -345,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="matches per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="one JSON object per query (JSON lines)")
     search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
+    _threshold_options(search, "mark a query rejected when its best match is below this similarity")
     search.set_defaults(handler=_search)
 
     evaluate = commands.add_parser(
@@ -363,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names of skretrieval.metrics.get_scorer, or accuracy (default: %(default)s)",
     )
     evaluate.add_argument("--json", action="store_true", help="print a JSON object")
+    _threshold_options(
+        evaluate, "with queries of labels the gallery lacks: also report the false match rate, "
+        "false non-match rate and open-set accuracy at this similarity",
+    )
     _on_error_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -372,9 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         "images are linked when their similarity reaches the threshold, a group is a chain of links.",
     )
     duplicates.add_argument("directory", metavar="DIR", help="folder of images")
-    duplicates.add_argument(
-        "--threshold", type=float, default=0.95, help="minimum cosine similarity (default: %(default)s)"
-    )
+    _threshold_options(duplicates, "minimum cosine similarity", default=0.95)
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
     _encoder_options(duplicates)
     _on_error_option(duplicates)
