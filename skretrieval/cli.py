@@ -279,7 +279,7 @@ def _evaluate(args) -> int:
             len(files), "query image",
         )
         features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
-    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json)
+    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json, embedded=True)
     figures = _open_set_figures(retriever, features, labels, args)
     if args.json:
         print(json.dumps(report if figures is None else {**report, "open_set": figures}))
@@ -313,7 +313,9 @@ def _open_set_figures(retriever, features, labels, args) -> dict | None:
     known = np.isin(labels, retriever.classes_)
     if known.all():
         return None
-    similarities, indices = retriever.search(features, k=1)
+    # one search of the embedded queries: the best match, and the closed-set vote
+    k = retriever._resolve_k(retriever.topk, False)
+    similarities, indices = retriever.search(features, k=k, embedded=True)
     best, top1 = similarities[:, 0], retriever.prototype_labels_[indices[:, 0]]
     figures = {"unknown_queries": int((~known).sum())}
     if known.any():
@@ -324,7 +326,7 @@ def _open_set_figures(retriever, features, labels, args) -> dict | None:
     threshold = _model_threshold(retriever, args)
     if threshold is not None:
         rejected = _rejected(best, threshold)
-        y_pred = np.where(rejected, None, retriever.predict(features).astype(object))
+        y_pred = np.where(rejected, None, retriever._predict_neighbours(similarities, indices).astype(object))
         figures["threshold"] = threshold
         figures["false_match_rate"] = false_match_rate(best[~known], threshold)
         if known.any():

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+from sklearn.utils.validation import column_or_1d
+
 from ._scorers import _query_ranking, _RetrievalScorer, get_scorer
 
 
@@ -15,19 +18,21 @@ def retrieval_report(
     *,
     output_dict: bool = False,
     digits: int = 4,
+    embedded: bool = False,
 ) -> str | dict[str, float]:
     """Several retrieval metrics of a fitted retriever, as a text table or a dict.
 
-    The retriever is queried once, with ``kneighbors`` for as many neighbours as the
-    deepest metric needs (the largest ``K``, or the largest ``R`` for ``"mapr"`` and
-    ``"r_precision"``); every metric reads the first ranks it needs of that one result. Each
-    value equals what ``get_scorer(name)(estimator, X, y)`` returns.
+    The retriever is queried once (the queries are encoded once), for as many neighbours as
+    the deepest metric needs (the largest ``K``, the largest ``R`` for ``"mapr"`` and
+    ``"r_precision"``, ``topk`` for ``"accuracy"``); every metric reads the first ranks it
+    needs of that one result. Each value equals what ``get_scorer(name)(estimator, X, y)``
+    (``estimator.score(X, y)`` for ``"accuracy"``) returns.
 
     Parameters
     ----------
     estimator : fitted retriever or Pipeline ending in one
         Anything :func:`get_scorer` accepts: it has ``kneighbors`` and
-        ``prototype_labels_``.
+        ``prototype_labels_``; for ``"accuracy"``, a skretrieval retriever.
     X : images or features
         The queries.
     y : array-like of shape (n_queries,)
@@ -35,11 +40,15 @@ def retrieval_report(
     metrics : str or sequence of str, default=("recall@1", "recall@5", "map@10")
         Names accepted by :func:`get_scorer`, and ``"accuracy"`` for the kNN accuracy
         ``estimator.score(X, y)`` (its own ``predict``, which votes over ``topk``). The
-        ranking metrics share one search; each open-set one makes its own.
+        ranking metrics and accuracy share one search; each open-set one makes its own
+        (of ``X`` as given: not with ``embedded=True``).
     output_dict : bool, default=False
         Return ``{name: value}`` instead of text.
     digits : int, default=4
         Decimals in the text table.
+    embedded : bool, default=False
+        ``X`` already is embeddings of the retriever (its ``transform``'s output), searched
+        as they are (see :meth:`ImageRetriever.search`).
 
     Returns
     -------
@@ -68,18 +77,20 @@ def retrieval_report(
     if not names:
         raise ValueError("metrics is empty; give at least one name, e.g. ('recall@1', 'map@10').")
     scorers = {name: get_scorer(name) for name in names if name != "accuracy"}
+    vote = "accuracy" in names
     ranked = [scorer.k for scorer in scorers.values() if isinstance(scorer, _RetrievalScorer)]
-    values, ranking = {}, None
-    if ranked:
-        ranking = _query_ranking(estimator, X, y, ranked)
+    ranking = _query_ranking(estimator, X, y, ranked, embedded=embedded, vote=vote)
+    if vote:
+        ranking, y_pred = ranking
+    values = {}
     for name in names:
-        scorer = scorers.get(name)
         if name == "accuracy":
-            values[name] = float(estimator.score(X, y))
-        elif isinstance(scorer, _RetrievalScorer):
+            values[name] = float(np.mean(y_pred == column_or_1d(y)))
+        elif isinstance(scorers[name], _RetrievalScorer):
+            scorer = scorers[name]
             values[name] = float(scorer.metric(ranking, scorer.k).mean())
-        else:  # open-set scorers query the estimator themselves
-            values[name] = scorer(estimator, X, y)
+        else:  # open-set scorers make their own search of X
+            values[name] = scorers[name](estimator, X, y)
     if output_dict:
         return values
 
@@ -87,7 +98,7 @@ def retrieval_report(
     column = max(digits + 2, len("score"))
     lines = [f"{'':>{width}}  {'score':>{column}}"]
     lines += [f"{name:>{width}}  {value:>{column}.{digits}f}" for name, value in values.items()]
-    if ranking is not None:
+    if ranked:
         lonely = int((ranking.n_relevant == 0).sum())
         lines += [
             "",
