@@ -144,6 +144,8 @@ def test_open_set_predict_identical(client, threshold):
     expected = single.predict(Q)
     assert 0 < np.sum(expected == -1) < len(Q)  # some queries rejected, some not
     np.testing.assert_array_equal(sharded.predict(Q), expected)
+    groups = [g.tolist() for g in single.find_duplicates("auto")]  # items left out, on the shards too
+    assert groups and [g.tolist() for g in sharded.find_duplicates("auto")] == groups
     # partial_fit keeps the threshold, as add does
     X2, y2 = _data(7, n=30)
     single.add(X2, y2)
