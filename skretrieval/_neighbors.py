@@ -31,9 +31,17 @@ from numbers import Integral
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
+from ._open_set import (
+    duplicate_threshold,
+    label_rejected,
+    reject_probabilities,
+    rejected,
+    resolve_outlier_label,
+)
 from ._vote import class_probabilities, plurality_vote, vote_weights
 from .search import get_similarity
 
@@ -276,7 +284,7 @@ class GalleryMixin:
         data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
         return sp.csr_matrix((data, columns, indptr), shape=(len(indices), self._n_gallery()))
 
-    def find_duplicates(self, min_similarity: float = 0.9) -> list[np.ndarray]:
+    def find_duplicates(self, min_similarity: float | str = 0.9) -> list[np.ndarray]:
         """Groups of near-identical gallery items.
 
         Two items are linked when their similarity is at least ``min_similarity`` (exactly,
@@ -285,8 +293,12 @@ class GalleryMixin:
 
         Parameters
         ----------
-        min_similarity : float, default=0.9
-            On the scale of ``similarity_fn`` (``-distance`` for euclidean).
+        min_similarity : float or "auto", default=0.9
+            On the scale of ``similarity_fn`` (``-distance`` for euclidean). ``"auto"``:
+            the rule of ``threshold="auto"`` leaving items out (whatever the labels): at most
+            ``false_match_rate`` of the items are linked to their best match, the most
+            similar first. Duplicates count in that share, so set ``false_match_rate``
+            above the share of items you expect to have one.
 
         Returns
         -------
@@ -305,6 +317,9 @@ class GalleryMixin:
         from scipy.sparse.csgraph import connected_components
 
         check_is_fitted(self)
+        if isinstance(min_similarity, str) and min_similarity == "auto":
+            rate = self._settings.false_match_rate
+            min_similarity = duplicate_threshold(rate, self._search_rows, self._n_gallery())
         radius = float(self._similarity().to_distance(np.float32(min_similarity)))
         graph = self.radius_neighbors_graph(radius=radius)
         _, component = connected_components(graph, directed=False)
@@ -326,6 +341,8 @@ class GalleryMixin:
         y_pred : ndarray of shape (n_queries,)
             Labels from ``classes_``; gallery indices when fitted without ``y``. An
             unreadable query (``on_error``) gets None (the result then has dtype object).
+            With a ``threshold``, ``outlier_label_`` for the queries whose best match is
+            below ``threshold_``.
 
         Examples
         --------
@@ -342,11 +359,13 @@ class GalleryMixin:
         codes, weights = self._vote_weights(similarities, indices)
         missing = codes[:, 0] < 0
         if not missing.any():
-            return self.classes_[plurality_vote(codes, weights)]
-        y_pred = np.full(len(codes), None, dtype=object)
-        if not missing.all():
-            y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
-        return y_pred
+            y_pred = self.classes_[plurality_vote(codes, weights)]
+        else:
+            y_pred = np.full(len(codes), None, dtype=object)
+            if not missing.all():
+                y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
+        reject = rejected(similarities[:, 0], self.threshold_) & ~missing
+        return label_rejected(y_pred, reject, self.outlier_label_)
 
     def predict_proba(self, X):
         """Vote shares of every class among the ``topk`` neighbours.
@@ -360,7 +379,10 @@ class GalleryMixin:
         -------
         proba : ndarray of shape (n_queries, n_classes)
             Rows sum to 1; columns follow ``classes_`` (the gallery items when fitted
-            without ``y``). An unreadable query's row is NaN.
+            without ``y``). An unreadable query's row is NaN. The row of a rejected query
+            (see ``threshold``) is 1 in the column of ``outlier_label_`` when it is one of
+            ``classes_``, as in :class:`~sklearn.neighbors.RadiusNeighborsClassifier`, and
+            all 0 otherwise.
 
         Examples
         --------
@@ -370,14 +392,50 @@ class GalleryMixin:
         array([[0.5, 0.5]])
         """
         check_is_fitted(self)
-        codes, weights = self._vote_weights(*self._search(self._query_features(X), None))
+        similarities, indices = self._search(self._query_features(X), None)
+        codes, weights = self._vote_weights(similarities, indices)
         missing = codes[:, 0] < 0
         if not missing.any():
-            return class_probabilities(codes, weights, len(self.classes_))
-        proba = np.full((len(codes), len(self.classes_)), np.nan)
-        if not missing.all():
-            proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
-        return proba
+            proba = class_probabilities(codes, weights, len(self.classes_))
+        else:
+            proba = np.full((len(codes), len(self.classes_)), np.nan)
+            if not missing.all():
+                proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
+        reject = rejected(similarities[:, 0], self.threshold_) & ~missing
+        return reject_probabilities(proba, reject, self.classes_, self.outlier_label_)
+
+    @available_if(lambda self: self._settings.threshold is not None)
+    def decision_function(self, X):
+        """Best-match similarity minus ``threshold_``: a query is accepted when it is >= 0.
+
+        As for outlier detectors (``IsolationForest``, ``OneClassSVM``), positive means
+        inlier: ``predict`` answers with a gallery label exactly where this is >= 0 (the
+        subtraction is done in float32, so its sign is the comparison's). Only available
+        with a ``threshold``.
+
+        Parameters
+        ----------
+        X : images or features
+            Queries.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_queries,), float64
+            ``-inf`` for a query skipped as unreadable (``on_error``).
+
+        Examples
+        --------
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=1, threshold=0.8, outlier_label=-1)
+        >>> retriever = retriever.fit([[1.0, 0.0], [0.0, 1.0]])
+        >>> retriever.decision_function([[1.0, 0.0], [0.6, 0.8]]).round(3)
+        array([0.2, 0. ])
+        >>> retriever.predict([[1.0, 0.0], [0.6, 0.8], [0.7, 0.7]])
+        array([ 0,  1, -1])
+        """
+        check_is_fitted(self)
+        best = self._search(self._query_features(X), 1)[0][:, 0]
+        return (best - np.float32(self.threshold_)).astype(np.float64)
 
     # -- the gallery -------------------------------------------------------------------------
 
@@ -400,7 +458,9 @@ class GalleryMixin:
         -------
         self : object
             ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` are extended (and
-            the gallery features); the result equals fitting on the concatenated gallery.
+            the gallery features); the result equals fitting on the concatenated gallery,
+            except that ``threshold_`` is kept as it is (an ``"auto"`` one is not
+            re-estimated).
 
         Examples
         --------
@@ -437,6 +497,7 @@ class GalleryMixin:
         self.prototype_labels_ = np.asarray(labels)
         self.prototype_ids_ = np.asarray(ids)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        self.outlier_label_ = resolve_outlier_label(self._settings.outlier_label, self.classes_, self._label_codes)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -483,6 +544,15 @@ class GalleryMixin:
         if valid.any():
             similarities[valid], indices[valid] = self._gallery_topk(queries[valid], k)
         return similarities, indices
+
+    def _search_rows(self, rows: np.ndarray, k: int):
+        """The ``k`` best matches of gallery rows ``rows`` (``threshold="auto"``; own rows may count).
+
+        The gallery searched against itself, without each row's own match; a retriever
+        that holds its gallery's features queries the rows directly instead.
+        """
+        similarities, indices = self._search(None, min(k, self._n_gallery() - 1))
+        return similarities[rows], indices[rows]
 
     def _resolve_k(self, k, exclude_self: bool) -> int:
         available = self._n_gallery() - int(exclude_self)

@@ -3,7 +3,8 @@
 A model file is a zip archive holding
 
 * ``meta.json``: ``format_version``, the class, the skretrieval version, the parameters
-  (``get_params``), the device it was fitted on and how the encoder is stored;
+  (``get_params``), the device it was fitted on, how the encoder is stored and the fitted
+  scalars (``threshold_``, ``outlier_label_``);
 * ``arrays.safetensors``: ``prototype_`` and the label codes;
 * ``labels.npy``/``ids.npy``/``classes.npy``: labels and ids (strings too), read with
   ``allow_pickle=False``;
@@ -29,6 +30,7 @@ from torch import nn
 FORMAT_VERSION = 1
 _CLASSES = ("ImageRetriever",)
 _ARRAY_ATTRIBUTES = ("prototype_labels_", "prototype_ids_", "classes_")
+_SCALAR_ATTRIBUTES = ("threshold_", "outlier_label_")  # fitted JSON values, in meta["fitted"]
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -109,6 +111,7 @@ def save(estimator, path) -> Path:
         "fitted_device": str(estimator.device_),
         "n_features_in": getattr(estimator, "n_features_in_", None),
         "skipped": [list(map(_json_item, s)) for s in getattr(estimator, "skipped_", [])],
+        "fitted": {name: _json_item(getattr(estimator, name, None)) for name in _SCALAR_ATTRIBUTES},
     }
     arrays = {
         "prototype_": np.ascontiguousarray(estimator.prototype_, dtype=np.float32),
@@ -246,6 +249,8 @@ def load(path, *, encoder=None, device=None):
     estimator.prototype_ids_ = extra["prototype_ids_"]
     estimator.classes_ = extra["classes_"]
     estimator.skipped_ = [tuple(s) for s in meta.get("skipped", [])]
+    for name in _SCALAR_ATTRIBUTES:
+        setattr(estimator, name, meta.get("fitted", {}).get(name))
     estimator._search_cache = _SearchCache()  # as fit leaves it
     if meta.get("n_features_in") is not None:
         estimator.n_features_in_ = int(meta["n_features_in"])

@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._encoder import EncoderMixin, ImageEncoder
 from ._neighbors import GalleryMixin, _aligned_labels
+from ._open_set import OPEN_SET_CONSTRAINTS, fit_threshold
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from .io import to_unit_float
 from .io._inputs import _item_tensor
@@ -67,6 +68,24 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Weight of each neighbour's vote: 1, ``max(s, 0)`` (uniform when all are 0), or
         ``vote(similarities) -> weights`` of shape ``(n_queries, k)``. A tie goes to the class
         of the best-ranked neighbour among the tied ones.
+    threshold : float, "auto" or None, default=None
+        Open-set retrieval: the least similarity of a query's best match (on the scale of
+        ``similarity_fn``, ``-distance`` for euclidean; compared in float32) for ``predict``
+        to answer with a gallery label; a query whose best match is below it is rejected
+        (an equal one is accepted) and gets ``outlier_label``. ``"auto"``: ``fit`` chooses
+        it so that a query of a class absent from the gallery is accepted at about
+        ``false_match_rate``, by holding each class out of the gallery in turn and taking
+        the best matches of its items among the other classes; without ``y`` it leaves
+        items out. None: closed set, every query gets a gallery label.
+    outlier_label : int, str, "most_frequent" or None, default=None
+        The answer of ``predict`` for a rejected query, as in
+        :class:`~sklearn.neighbors.RadiusNeighborsClassifier`: a label of the gallery
+        labels' kind (a number for numbers, a string for strings; else ``fit`` raises a
+        ``TypeError``), ``"most_frequent"`` (the most frequent gallery label), or None:
+        ``predict`` and ``predict_proba`` raise a ``ValueError`` naming the rejected queries.
+    false_match_rate : float, default=0.05
+        With ``threshold="auto"``: the share of queries of absent classes that may be
+        accepted, in [0, 1]. See :mod:`skretrieval.metrics` for FMR/FNMR.
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
@@ -152,6 +171,12 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Sorted distinct labels. Fitted without ``y``, every gallery item is its own class,
         so ``predict`` returns gallery indices and ``predict_proba`` is
         ``(n_queries, n_gallery)``.
+    threshold_ : float or None
+        The threshold in use: ``threshold`` itself, or the one ``"auto"`` chose. ``add``
+        keeps it, ``"auto"`` included (it is not re-estimated as the gallery grows; re-fit
+        to re-estimate, with ``memory=`` nothing is encoded again).
+    outlier_label_ : scalar or None
+        The label of rejected queries (``"most_frequent"`` resolved).
     encoder_ : nn.Module, callable or None
         The encoder used (a copy of a given module); None for ``"precomputed"``.
     preprocessing_ : callable or None
@@ -195,6 +220,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         "vote": [StrOptions({"uniform", "similarity"}), callable],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
         "search_precision": [StrOptions(set(PRECISIONS))],
+        **OPEN_SET_CONSTRAINTS,
         **TRAINING_CONSTRAINTS,
     }
 
@@ -205,6 +231,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         similarity_fn="cosine",
         topk=5,
         vote="uniform",
+        threshold=None,
+        outlier_label=None,
+        false_match_rate=0.05,
         working_memory=None,
         search_precision="auto",
         head=None,
@@ -231,6 +260,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.similarity_fn = similarity_fn
         self.topk = topk
         self.vote = vote
+        self.threshold = threshold
+        self.outlier_label = outlier_label
+        self.false_match_rate = false_match_rate
         self.working_memory = working_memory
         self.search_precision = search_precision
         self.head = head
@@ -289,6 +321,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.prototype_ = self._embed(features)
         self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
         self._search_cache = _SearchCache()  # filled by the first query
+        self.threshold_ = fit_threshold(
+            self.threshold, self.false_match_rate, self._search_rows, self.prototype_labels_
+        )
         # Where each gallery image came from, by reference (paths are in prototype_ids_).
         self._gallery_source = X.dataset if isinstance(X, torch.utils.data.DataLoader) else X
         return self
@@ -421,6 +456,10 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
             sort_results=sort_results,
             working_memory=self.working_memory,
         )
+
+    def _search_rows(self, rows: np.ndarray, k: int):
+        # gallery rows as ordinary queries: k may reach the whole gallery (threshold="auto")
+        return self._search(self.prototype_[rows], k)
 
     def _append_gallery(self, features: np.ndarray) -> None:
         self.prototype_ = np.concatenate([self.prototype_, features])

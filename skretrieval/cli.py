@@ -207,7 +207,9 @@ def _search(args) -> int:
         files = [f for f, ok in zip(files, readable) if ok]
         similarities, indices = similarities[readable], indices[readable]
     labelled = _has_labels(retriever)
-    for query, scores, rows in zip(files, similarities, indices):
+    threshold = _model_threshold(retriever, args)
+    rejected = _rejected(similarities[:, 0], threshold)
+    for query, scores, rows, reject in zip(files, similarities, indices, rejected):
         matches = [
             {
                 "rank": rank,
@@ -218,9 +220,13 @@ def _search(args) -> int:
             for rank, (score, i) in enumerate(zip(scores, rows), start=1)
         ]
         if args.json:
-            print(json.dumps({"query": query, "matches": matches}))
+            line = {"query": query, "matches": matches}
+            if threshold is not None:
+                line.update(rejected=bool(reject), threshold=threshold)
+            print(json.dumps(line))
         else:
-            print(f"query: {query}")
+            mark = f"  [rejected: no match reaches the threshold {threshold:.4f}]" if reject else ""
+            print(f"query: {query}{mark}")
             print(f"  {'rank':>4}  {'score':>8}  {'label':<12}  path")
             for m in matches:
                 label = "-" if m["label"] is None else str(m["label"])
@@ -236,6 +242,39 @@ def _check_some_readable(reasons, total: int, where: str) -> None:
         raise ValueError(
             f"all {total} query image(s) of {where!r} are unreadable (first: {reasons[0]}); nothing is left to query."
         )
+
+
+def _threshold_option(text: str):
+    """``--threshold``: a cosine similarity in [-1, 1], or ``auto``."""
+    return "auto" if text.lower() == "auto" else _cosine_threshold(text)
+
+
+def _rate_option(text: str) -> float:
+    """``--false-match-rate``: a share in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number; give a share in [0, 1].") from None
+    if not 0.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]; give the share of strangers to let pass.")
+    return value
+
+
+def _model_threshold(retriever, args) -> float | None:
+    """The threshold ``--threshold`` asks for: None, the number, or ``auto`` estimated on the model's gallery.
+
+    ``auto`` holds each gallery label out in turn (each image, in a model without labels),
+    as ``ImageRetriever(threshold="auto")`` does in ``fit``.
+    """
+    from ._open_set import fit_threshold
+
+    return fit_threshold(args.threshold, args.false_match_rate, retriever._search_rows, retriever.prototype_labels_)
+
+
+def _rejected(best_similarities, threshold):
+    from ._open_set import rejected
+
+    return rejected(best_similarities, threshold)
 
 
 def _plain(value):
@@ -291,13 +330,71 @@ def _evaluate(args) -> int:
         _report_skipped(args, reasons, len(files), "query image")
         features, labels = features[~unreadable], labels[~unreadable]
     report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json, embedded=True)
-    print(json.dumps(report) if args.json else report)
+    figures = _open_set_figures(retriever, features, labels, args)
+    if args.json:
+        print(json.dumps(report if figures is None else {**report, "open_set": figures}))
+    else:
+        print(report)
+        if figures is not None:
+            print(f"\nopen set: {figures['unknown_queries']} of {len(labels)} queries have a label the gallery lacks")
+            print("\n".join(f"  {name:<22} {value:.4f}" for name, value in figures.items() if name != "unknown_queries"))
     return 0
 
 
+def _open_set_figures(retriever, features, labels, args) -> dict | None:
+    """Open-set figures, when some query labels are missing from the gallery (else None).
+
+    Threshold-free: the EER of accepting a query by its best match, and the
+    detection-and-identification rate at ``--false-match-rate``; with ``--threshold``
+    also the false match rate on the unknown queries, the false non-match rate on the
+    known ones and the open-set accuracy at that threshold.
+    """
+    import numpy as np
+
+    from .metrics import (
+        detection_identification_rate,
+        equal_error_rate,
+        false_match_rate,
+        false_non_match_rate,
+        open_set_accuracy,
+    )
+
+    labels = np.asarray(labels)
+    known = np.isin(labels, retriever.classes_)
+    if known.all():
+        return None
+    # one search of the embedded queries: the best match, and the closed-set vote
+    k = retriever._resolve_k(retriever.topk, False)
+    similarities, indices = retriever.search(features, k=k, embedded=True)
+    best, top1 = similarities[:, 0], retriever.prototype_labels_[indices[:, 0]]
+    figures = {"unknown_queries": int((~known).sum())}
+    if known.any():
+        figures["detection_eer"] = equal_error_rate(best[known], best[~known])
+        figures[f"dir@{args.false_match_rate:g}"] = detection_identification_rate(
+            labels, top1, best, gallery_labels=retriever.classes_, false_alarm_rate=args.false_match_rate
+        )
+    threshold = _model_threshold(retriever, args)
+    if threshold is not None:
+        rejected = _rejected(best, threshold)
+        y_pred = np.where(rejected, None, retriever._predict_neighbours(similarities, indices).astype(object))
+        figures["threshold"] = threshold
+        figures["false_match_rate"] = false_match_rate(best[~known], threshold)
+        if known.any():
+            figures["false_non_match_rate"] = false_non_match_rate(best[known], threshold)
+        figures["open_set_accuracy"] = open_set_accuracy(
+            labels, y_pred, gallery_labels=retriever.classes_, outlier_label=None
+        )
+    return figures
+
+
 def _duplicates(args) -> int:
+    from ._open_set import duplicate_threshold
+
     retriever = _fit(args, args.directory)
-    groups = retriever.find_duplicates(min_similarity=args.threshold)
+    threshold = args.threshold
+    if threshold == "auto":  # each image left out in turn, as find_duplicates("auto")
+        threshold = duplicate_threshold(args.false_match_rate, retriever._search_rows, len(retriever.prototype_))
+    groups = retriever.find_duplicates(min_similarity=threshold)
     paths = retriever.prototype_ids_  # rows of the gallery: unreadable files are not among them
     # The similarity of each image to its nearest other one, which is in its group: the
     # link that put it there.
@@ -313,7 +410,7 @@ def _duplicates(args) -> int:
             for i in group:
                 print(f"  {paths[i]}" if scores is None else f"  {scores[i]:.4f}  {paths[i]}")
     print(
-        f"{len(groups)} group(s) of near-identical images (similarity >= {args.threshold})",
+        f"{len(groups)} group(s) of near-identical images (similarity >= {threshold:.6g})",
         file=sys.stderr,
     )
     return 0
@@ -353,7 +450,9 @@ def _cosine_threshold(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text} is not a number; give a cosine similarity in [-1, 1].") from None
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a number; give a cosine similarity in [-1, 1] (or auto)."
+        ) from None
     if not -1.0 <= value <= 1.0:  # NaN too
         raise argparse.ArgumentTypeError(f"{text} is outside [-1, 1], the range of a cosine similarity.")
     return value
@@ -364,6 +463,19 @@ def _on_error_option(parser) -> None:
         "--on-error", choices=_ON_ERROR, default="warn",
         help="an image file that cannot be read: stop with an error (raise), leave it out "
         "(skip), or leave it out and name it on stderr (warn) (default: %(default)s)",
+    )
+
+
+def _threshold_options(parser, what: str, default=None) -> None:
+    parser.add_argument(
+        "--threshold", type=_threshold_option, default=default, metavar="{NUMBER,auto}",
+        help=f"{what}; auto: chosen on the gallery so that about --false-match-rate of the "
+        "images of an absent label (of unrelated images, for duplicates) pass it "
+        + ("(default: none)" if default is None else "(default: %(default)s)"),
+    )
+    parser.add_argument(
+        "--false-match-rate", type=_rate_option, default=0.05, metavar="RATE",
+        help="share of strangers --threshold auto lets pass (default: %(default)s)",
     )
 
 
@@ -411,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON object per query (JSON lines)")
     search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
     _on_error_option(search)
+    _threshold_options(search, "mark a query rejected when its best match is below this similarity")
     search.set_defaults(handler=_search)
 
     evaluate = commands.add_parser(
@@ -429,6 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names of skretrieval.metrics.get_scorer, or accuracy (default: %(default)s)",
     )
     evaluate.add_argument("--json", action="store_true", help="print a JSON object")
+    _threshold_options(
+        evaluate, "with queries of labels the gallery lacks: also report the false match rate, "
+        "false non-match rate and open-set accuracy at this similarity",
+    )
     _on_error_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -438,10 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         "images are linked when their similarity reaches the threshold, a group is a chain of links.",
     )
     duplicates.add_argument("directory", metavar="DIR", help="folder of images")
-    duplicates.add_argument(
-        "--threshold", type=_cosine_threshold, default=0.95,
-        help="minimum cosine similarity, in [-1, 1] (default: %(default)s)",
-    )
+    _threshold_options(duplicates, "minimum cosine similarity", default=0.95)
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
     duplicates.add_argument(
         "--scores", action="store_true",

@@ -48,15 +48,15 @@ def html(tmp_path_factory):
 
 
 def test_pages_and_api_reference(html):
-    for page in ["getting_started", "user_guide", "fine_tuning", "exact_search", "metrics", "persistence",
-                 "cli", "scaling_out", "api"]:
+    for page in ["getting_started", "user_guide", "fine_tuning", "exact_search", "metrics", "open_set",
+                 "persistence", "cli", "scaling_out", "api"]:
         assert (html / f"{page}.html").is_file(), page
     for reserved in ("search", "genindex", "py-modindex"):  # Sphinx's own pages
         assert not list(DOCS.glob(f"{reserved}.*")), f"docs/{reserved}.* would clash with Sphinx's page"
     api = (html / "generated/skretrieval.ImageRetriever.html").read_text()
     assert "skretrieval.ImageRetriever.kneighbors" in api and "prototype_labels_" in api
     guide = (html / "user_guide.html").read_text()
-    for sub_page in ["fine_tuning", "exact_search", "metrics", "persistence", "cli", "scaling_out"]:
+    for sub_page in ["fine_tuning", "exact_search", "metrics", "open_set", "persistence", "cli", "scaling_out"]:
         assert f'href="{sub_page}.html"' in guide, f"the user guide does not link {sub_page}"
 
 

@@ -88,6 +88,10 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
         ``(index in X, path, reason)`` of each unreadable image file left out by ``fit``
         and ``add``.
     classes_ : ndarray of shape (n_classes,)
+    threshold_ : float or None
+        The fitted retriever's (``add``/``partial_fit`` keep it); ``predict`` rejects as
+        :meth:`ImageRetriever.predict` does.
+    outlier_label_ : scalar or None
     n_features_ : int
         Width of the gallery features.
 
@@ -189,6 +193,7 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
         self.shards_, self.shard_offsets_ = [], np.zeros(1, np.int64)
         self._append_gallery(features)
         self._set_gallery(retriever.prototype_labels_, retriever.prototype_ids_)
+        self.threshold_ = retriever.threshold_  # kept by add/partial_fit, as ImageRetriever.add
         self.skipped_ = list(getattr(retriever, "skipped_", []))
         return self
 

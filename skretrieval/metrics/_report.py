@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.utils.validation import column_or_1d
 
-from ._scorers import _query_ranking, get_scorer
+from ._scorers import _query_ranking, _RetrievalScorer, get_scorer
 
 
 def retrieval_report(
@@ -39,7 +39,9 @@ def retrieval_report(
         Labels of the queries; a gallery item is relevant when its label is equal.
     metrics : str or sequence of str, default=("recall@1", "recall@5", "map@10")
         Names accepted by :func:`get_scorer`, and ``"accuracy"`` for the kNN accuracy
-        ``estimator.score(X, y)`` (its own ``predict``, which votes over ``topk``).
+        ``estimator.score(X, y)`` (its own ``predict``, which votes over ``topk``). The
+        ranking metrics and accuracy share one search; each open-set one makes its own
+        (of ``X`` as given: not with ``embedded=True``).
     output_dict : bool, default=False
         Return ``{name: value}`` instead of text.
     digits : int, default=4
@@ -76,18 +78,19 @@ def retrieval_report(
         raise ValueError("metrics is empty; give at least one name, e.g. ('recall@1', 'map@10').")
     scorers = {name: get_scorer(name) for name in names if name != "accuracy"}
     vote = "accuracy" in names
-    ranking = _query_ranking(
-        estimator, X, y, [scorer.k for scorer in scorers.values()], embedded=embedded, vote=vote
-    )
+    ranked = [scorer.k for scorer in scorers.values() if isinstance(scorer, _RetrievalScorer)]
+    ranking = _query_ranking(estimator, X, y, ranked, embedded=embedded, vote=vote)
     if vote:
         ranking, y_pred = ranking
     values = {}
     for name in names:
         if name == "accuracy":
             values[name] = float(np.mean(y_pred == column_or_1d(y)))
-        else:
+        elif isinstance(scorers[name], _RetrievalScorer):
             scorer = scorers[name]
             values[name] = float(scorer.metric(ranking, scorer.k).mean())
+        else:  # open-set scorers make their own search of X
+            values[name] = scorers[name](estimator, X, y)
     if output_dict:
         return values
 
@@ -95,7 +98,7 @@ def retrieval_report(
     column = max(digits + 2, len("score"))
     lines = [f"{'':>{width}}  {'score':>{column}}"]
     lines += [f"{name:>{width}}  {value:>{column}.{digits}f}" for name, value in values.items()]
-    if scorers:
+    if ranked:
         lonely = int((ranking.n_relevant == 0).sum())
         lines += [
             "",

@@ -133,6 +133,28 @@ def test_images_skipped_queries_and_add_agree(client, tmp_path, head):
     ]
 
 
+@pytest.mark.parametrize("threshold", ["auto", 0.75])
+def test_open_set_predict_identical(client, threshold):
+    X, y = _data(5, ties=False)
+    Q = np.concatenate([_data(6, n=40)[0], X[[3, 7]]])
+    single = ImageRetriever(
+        "precomputed", topk=3, threshold=threshold, false_match_rate=0.3, outlier_label=-1
+    ).fit(X, y)
+    sharded = ShardedRetriever(single, n_shards=3).fit(X, y, client=client)
+    assert sharded.threshold_ == single.threshold_ and sharded.outlier_label_ == -1
+    expected = single.predict(Q)
+    assert 0 < np.sum(expected == -1) < len(Q)  # some queries rejected, some not
+    np.testing.assert_array_equal(sharded.predict(Q), expected)
+    groups = [g.tolist() for g in single.find_duplicates("auto")]  # items left out, on the shards too
+    assert groups and [g.tolist() for g in sharded.find_duplicates("auto")] == groups
+    # partial_fit keeps the threshold, as add does
+    X2, y2 = _data(7, n=30)
+    single.add(X2, y2)
+    sharded.partial_fit(X2, y2)
+    assert sharded.threshold_ == single.threshold_
+    np.testing.assert_array_equal(sharded.predict(Q), single.predict(Q))
+
+
 def test_import_skretrieval_does_not_import_dask():
     code = "import sys, skretrieval; assert 'dask' not in sys.modules and 'distributed' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

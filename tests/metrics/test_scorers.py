@@ -124,11 +124,14 @@ def test_pipeline_transforms_then_queries_the_last_step(blobs):
     assert get_scorer("map@5")(single, X_query, y_query) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("name", ["recall", "recall@0", "mapr@5", "map@r", "f1@3", "", 3, None])
+@pytest.mark.parametrize(
+    "name", ["recall", "recall@0", "mapr@5", "map@r", "f1@3", "", 3, None, "dir@1.5", "dir@", "open_set_accuracy@3"]
+)
 def test_unknown_name(name):
     with pytest.raises(
         ValueError,
-        match=r"Unknown retrieval scorer .*recall@K, precision@K, map@K, ndcg@K, mapr, r_precision",
+        match=r"Unknown retrieval scorer .*recall@K, precision@K, map@K, ndcg@K, mapr, r_precision, "
+        r"open_set_accuracy, dir@FAR",
     ):
         get_scorer(name)
 
@@ -136,7 +139,8 @@ def test_unknown_name(name):
 def test_names_are_case_insensitive_and_repr():
     assert repr(get_scorer("Recall@1")) == "get_scorer('recall@1')"
     assert repr(get_scorer("R_Precision")) == "get_scorer('r_precision')"
-    assert len(SCORER_PATTERNS) == 6
+    assert repr(get_scorer("DIR@0.05")) == "get_scorer('dir@0.05')"
+    assert len(SCORER_PATTERNS) == 8
 
 
 def test_scorer_needs_y_and_matching_lengths(blobs):
