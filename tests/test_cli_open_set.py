@@ -112,4 +112,4 @@ def test_bad_threshold_is_a_usage_error(model_and_queries, capsys, command):
     model, queries = model_and_queries
     target = [str(model), str(queries)] if command == "search" else [str(queries)]
     assert cli.main([command, *target, "--threshold", "high"]) == 2
-    assert "must be a number or auto, not 'high'" in capsys.readouterr().err
+    assert "high is not a number; give a cosine similarity in [-1, 1] (or auto)" in capsys.readouterr().err
