@@ -7,8 +7,10 @@ from ._persistence import InconsistentVersionWarning, load
 from ._preprocessing import Preprocessing
 from ._retriever import ImageRetriever
 from .encoders import list_encoders
+from .io import FileFormatError
 
 __all__ = [
+    "FileFormatError",
     "ImageEncoder",
     "ImageRetriever",
     "InconsistentVersionWarning",

@@ -5,18 +5,27 @@ Each entry is one image's feature vector, stored under
 hashes the decoded image. Entries are written to a temporary file and renamed into place, so
 a reader (in this or another process) sees a whole entry or none, and a job killed midway
 keeps everything it finished: re-running it resumes where it stopped.
+
+A cache directory may be shared between processes and users, so an entry is read only when
+it is a regular file (not a link, FIFO or device) holding one float32 vector of the width
+the others have, its ``.npy`` header checked against its size: anything else is a miss
+(encoded again and overwritten), in bounded memory. The values themselves are trusted:
+share a cache only with users you trust with your results.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from .io._untrusted import npy_header
 
 # v2: uint8 images are resized as uint8 (within one level of the v1 float resize).
 _FORMAT = "v2"
@@ -69,6 +78,7 @@ class FeatureCache:
 
     def __init__(self, location, fingerprint: str):
         self.root = Path(location) / "skretrieval-features" / fingerprint
+        self.width = None  # of the vectors: every entry of one fingerprint has the same
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npy"
@@ -78,6 +88,7 @@ class FeatureCache:
         return [self._read(self._path(key)) for key in keys]
 
     def put_many(self, keys: list[str], features: np.ndarray) -> None:
+        self.width = features.shape[1] if len(features) else self.width  # the encoder's own
         for key, vector in zip(keys, features):
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,9 +101,24 @@ class FeatureCache:
                 Path(temporary).unlink(missing_ok=True)
                 raise
 
-    @staticmethod
-    def _read(path: Path):
+    def _read(self, path: Path):
+        """The vector stored at ``path``, or None when it is missing or not a proper entry."""
         try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
+            # O_NOFOLLOW: a link planted in a shared cache is not followed; O_NONBLOCK: a FIFO
+            # does not block the open (and is refused below, as every non-regular file).
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            with os.fdopen(os.open(path, flags), "rb") as file:
+                status = os.fstat(file.fileno())
+                if not stat.S_ISREG(status.st_mode) or status.st_size > _MAX_ENTRY_BYTES:
+                    return None
+                shape, dtype = npy_header(file, status.st_size, path, "feature cache entry", "it", "f")
+                if dtype != np.float32 or len(shape) != 1 or shape[0] != (self.width or shape[0]):
+                    return None
+                vector = np.frombuffer(file.read(shape[0] * 4), np.float32).copy()  # size checked above
+        except Exception:  # whatever is wrong with an entry (FileFormatError, OSError, ...): a miss
             return None
+        self.width = shape[0]
+        return vector
+
+
+_MAX_ENTRY_BYTES = 1 << 26  # one feature vector: 64 MiB is 16 M floats

@@ -14,12 +14,16 @@ with ``warn`` each one left out is named on stderr (the first few, then a count)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from ._inference import COMPILE_MODES, ENCODE_PRECISIONS
+
+HEAD_CHOICES = ("linear", "arcface", "triplet", "supcon")  # skretrieval.heads.HEAD_NAMES (a test keeps them equal)
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
 _ON_ERROR = ("raise", "skip", "warn")
@@ -97,8 +101,20 @@ def _retriever(args):
     return ImageRetriever(
         args.encoder, weights=weights, preprocessing=preprocessing, batch_size=args.batch_size,
         device=args.device, on_error=_estimator_on_error(args), n_jobs=args.n_jobs,
-        compile=args.compile, encode_precision=args.precision, verbose=1,
+        compile=args.compile, encode_precision=args.precision, verbose=1, **_fine_tuning(args),
     )
+
+
+def _fine_tuning(args) -> dict:
+    """The fine-tuning parameters of ``index --head``: none for other commands."""
+    if getattr(args, "head", None) is None:
+        return {}
+    if not args.labels_from_folders:
+        raise _UsageError("--head trains on the gallery labels: pass --labels-from-folders too.")
+    return {
+        "head": args.head, "fine_tune": args.fine_tune, "max_epochs": args.max_epochs,
+        "random_state": args.random_state,
+    }
 
 
 def _fit(args, directory):
@@ -213,9 +229,7 @@ def _plot(retriever, files, similarities, indices, path) -> None:
 
 
 def _evaluate(args) -> int:
-    import numpy as np
-
-    from .metrics import get_scorer, retrieval_report
+    from .metrics import get_scorer
 
     if not args.labels_from_folders:
         raise _UsageError("evaluate needs the query labels: pass --labels-from-folders.")
@@ -232,10 +246,23 @@ def _evaluate(args) -> int:
     if not Path(args.query_dir).is_dir():
         raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
     files = _image_files([args.query_dir])
-    retriever.set_params(on_error=_estimator_on_error(args))
-    features = retriever.transform(files)  # encoded once; every metric reuses them
+    # Queried by path (a 2-D input is taken as encoder features, not as embeddings), each
+    # image encoded once: the first pass fills this feature cache, the metrics read it.
+    with tempfile.TemporaryDirectory(prefix="skretrieval-evaluate-") as cache:
+        retriever.set_params(on_error=_estimator_on_error(args), memory=cache)
+        report = _evaluate_files(args, retriever, files, metrics)
+    print(json.dumps(report) if args.json else report)
+    return 0
+
+
+def _evaluate_files(args, retriever, files, metrics):
+    """The report of ``retriever`` on the readable query ``files``, labelled by folder."""
+    import numpy as np
+
+    from .metrics import retrieval_report
+
     labels = _folder_labels(files)
-    unreadable = np.isnan(features).any(axis=1)  # rows of queries skipped by --on-error
+    unreadable = np.isnan(retriever.transform(files)).any(axis=1)  # queries skipped by --on-error
     if unreadable.any():
         if unreadable.all():
             raise ValueError(
@@ -245,10 +272,9 @@ def _evaluate(args) -> int:
             args, [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)],
             len(files), "query image",
         )
-        features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
-    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json)
-    print(json.dumps(report) if args.json else report)
-    return 0
+        files = [f for f, bad in zip(files, unreadable) if not bad]
+        labels = [lab for lab, bad in zip(labels, unreadable) if not bad]
+    return retrieval_report(retriever, files, labels, metrics, output_dict=args.json)
 
 
 def _duplicates(args) -> int:
@@ -306,6 +332,32 @@ def _on_error_option(parser) -> None:
     )
 
 
+def _max_pixels_option(parser) -> None:
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None, metavar="N",
+        help="refuse image files of more pixels, PIL's decompression-bomb limit "
+        "(default: PIL's, 89478485); raise it for large images you trust",
+    )
+
+
+@contextlib.contextmanager
+def _pixel_limit(args):
+    """``PIL.Image.MAX_IMAGE_PIXELS`` set from ``--max-image-pixels`` while the command runs."""
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is None:  # PIL is not even imported for it
+        yield
+        return
+    if limit < 1:
+        raise _UsageError(f"--max-image-pixels must be a positive number of pixels; got {limit}.")
+    from PIL import Image
+
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skretrieval", description="Image-to-image retrieval.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -332,8 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels-from-folders", action="store_true",
         help="label each image by the name of its parent folder",
     )
+    index.add_argument(
+        "--head", choices=HEAD_CHOICES, default=None,
+        help="fine-tune an embedding on the folder labels with this loss (needs "
+        "--labels-from-folders; default: no training, the encoder's features)",
+    )
+    index.add_argument(
+        "--fine-tune", choices=("head", "all"), default="head",
+        help="with --head: train the projection only (head) or the encoder too (all) (default: %(default)s)",
+    )
+    index.add_argument("--max-epochs", type=int, default=10, help="with --head: training epochs (default: %(default)s)")
+    index.add_argument("--random-state", type=int, default=0, help="with --head: training seed (default: %(default)s)")
     _encoder_options(index)
     _on_error_option(index)
+    _max_pixels_option(index)
     index.set_defaults(handler=_index)
 
     search = commands.add_parser(
@@ -345,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="matches per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="one JSON object per query (JSON lines)")
     search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
+    _max_pixels_option(search)
     search.set_defaults(handler=_search)
 
     evaluate = commands.add_parser(
@@ -364,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", action="store_true", help="print a JSON object")
     _on_error_option(evaluate)
+    _max_pixels_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     duplicates = commands.add_parser(
@@ -378,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
     _encoder_options(duplicates)
     _on_error_option(duplicates)
+    _max_pixels_option(duplicates)
     duplicates.set_defaults(handler=_duplicates)
     return parser
 
@@ -397,7 +464,8 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return 0 if exc.code is None else int(exc.code)
     try:
-        return args.handler(args)
+        with _pixel_limit(args):
+            return args.handler(args)
     except _UsageError as exc:
         print(f"skretrieval {args.command}: error: {exc}", file=sys.stderr)
         print(f"hint: see `skretrieval {args.command} --help`.", file=sys.stderr)

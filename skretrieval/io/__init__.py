@@ -1,11 +1,13 @@
 """Image inputs: reading ``X``, decoding files."""
 
 from ._decode import IMAGE_SUFFIXES, list_image_files, load_image
+from ._untrusted import FileFormatError
 from ._inputs import FeatureInput, ImageInput, read_feature_file, read_input, to_rgb, to_unit_float
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "FeatureInput",
+    "FileFormatError",
     "ImageInput",
     "list_image_files",
     "load_image",
