@@ -91,14 +91,15 @@ class FileFormatError(ValueError):
 
 
 @contextmanager
-def refusing(path, kind: str):
-    """Turn whatever a damaged file makes a reader raise into :class:`FileFormatError`."""
+def refusing(path, kind: str, what: str | None = None):
+    """Turn whatever a damaged file (or its entry ``what``) makes a reader raise into :class:`FileFormatError`."""
     try:
         yield
     except (FileFormatError, FileNotFoundError):
         raise
     except Exception as exc:  # zipfile, numpy, json and torch each raise their own kinds
-        raise FileFormatError(path, kind, f"{type(exc).__name__}: {exc}") from exc
+        where = "" if what is None else f"{what}: "
+        raise FileFormatError(path, kind, f"{where}{type(exc).__name__}: {exc}") from exc
 
 
 def regular_file_size(path, kind: str) -> int:
@@ -189,7 +190,8 @@ def read_json(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind: str):
     """A JSON entry of at most :data:`MAX_JSON_BYTES`."""
     if info.file_size > MAX_JSON_BYTES:
         raise FileFormatError(path, kind, f"{info.filename} holds {info.file_size} bytes (at most {MAX_JSON_BYTES})")
-    return json.loads(archive.read(info))  # RecursionError on deep nesting: refusing() turns it into ours
+    with refusing(path, kind, info.filename):  # RecursionError on deep nesting, too
+        return json.loads(archive.read(info))
 
 
 def npy_header(file, size: int, path, kind: str, what: str, kinds: str = "biufUS"):
@@ -217,10 +219,11 @@ def npy_header(file, size: int, path, kind: str, what: str, kinds: str = "biufUS
 
 def read_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind: str, kinds: str = "biufUS") -> np.ndarray:
     """A ``.npy`` entry, its header checked, read in one pass into an array of its size."""
-    with archive.open(info) as file:
-        npy_header(file, info.file_size, path, kind, info.filename, kinds)
-    with archive.open(info) as file:
-        return np.lib.format.read_array(file, allow_pickle=False)
+    with refusing(path, kind, info.filename):
+        with archive.open(info) as file:
+            npy_header(file, info.file_size, path, kind, info.filename, kinds)
+        with archive.open(info) as file:
+            return np.lib.format.read_array(file, allow_pickle=False)
 
 
 def safetensors_header(file, size: int, path, kind: str, what: str) -> list[tuple]:
@@ -264,7 +267,7 @@ def read_safetensors(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind
     The header is checked first (:func:`safetensors_header`); bf16 tensors come back as
     ``uint16`` arrays of their bits (``dtype name`` says so).
     """
-    with archive.open(info) as file:
+    with refusing(path, kind, info.filename), archive.open(info) as file:
         tensors = safetensors_header(file, info.file_size, path, kind, info.filename)
         arrays = {}
         for name, dtype, shape, n_bytes in tensors:
