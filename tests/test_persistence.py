@@ -8,10 +8,10 @@ import sys
 import zipfile
 
 import joblib
+import model_files
 import numpy as np
 import pytest
 import torch
-import model_files
 from helpers import TinyEncoder
 
 import skretrieval

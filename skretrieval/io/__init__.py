@@ -1,8 +1,8 @@
 """Image inputs: reading ``X``, decoding files."""
 
 from ._decode import IMAGE_SUFFIXES, list_image_files, load_image
-from ._untrusted import FileFormatError
 from ._inputs import FeatureInput, ImageInput, read_feature_file, read_input, to_rgb, to_unit_float
+from ._untrusted import FileFormatError
 
 __all__ = [
     "IMAGE_SUFFIXES",

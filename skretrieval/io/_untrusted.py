@@ -34,7 +34,7 @@ MAX_DIRECTORY_BYTES = 1 << 16  # the zip central directory: a few dozen entries
 MAX_ENTRIES = 256
 MAX_HEADER_BYTES = 16 << 20  # a safetensors header (the tensor names and shapes)
 MAX_JSON_BYTES = 16 << 20  # meta.json
-_NPY_HEADER_BYTES = 1 << 16
+_NPY_HEADER_BYTES = 10000  # numpy's own limit when it reads the array
 _ALLOWED_FLAGS = 0x808  # UTF-8 names, sizes after the data (torch.save); never encryption
 
 _END = struct.Struct("<4s4H2LH")  # end of central directory record
@@ -270,7 +270,7 @@ def read_safetensors(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind
     with refusing(path, kind, info.filename), archive.open(info) as file:
         tensors = safetensors_header(file, info.file_size, path, kind, info.filename)
         arrays = {}
-        for name, dtype, shape, n_bytes in tensors:
+        for name, dtype, shape, _ in tensors:
             array = np.empty(shape, np.dtype(SAFETENSORS_DTYPES[dtype]).newbyteorder("<"))
             _read_into(file, memoryview(array.reshape(-1)).cast("B"), path, kind, f"{info.filename}: {name!r}")
             arrays[name] = (array, dtype)
