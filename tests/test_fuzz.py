@@ -5,10 +5,12 @@ out-of-range or integer images, a feature count that differs from the gallery's,
 the gallery, empty arrays, booleans.
 """
 
+import contextlib
 import io
 import json
 import re
 import struct
+import tracemalloc
 import warnings
 import zipfile
 
@@ -119,7 +121,7 @@ def test_image_fuzz(data, n, n_queries, k):
 RNG = np.random.default_rng(0)
 GALLERY = RNG.random((12, 10, 10, 3)).astype(np.float32)
 QUERIES = RNG.random((3, 10, 10, 3)).astype(np.float32)
-FILES = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+FILES = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 _OTHER_NAMES = [
     "meta.json", "arrays.safetensors", "classes_.npy", "prototype_ids_.npy", "weights.safetensors",
     "head_.safetensors", "projection_.safetensors", "extra_.npy", "notes.txt", "features.npy", "labels.npy",
@@ -233,6 +235,25 @@ def _mutated(draw, data: bytes, names=_OTHER_NAMES):
     return kind, mutated
 
 
+ALLOCATION_BOUND = 32 << 20  # bytes; the files are ~10 KB, whatever sizes they declare
+
+
+@contextlib.contextmanager
+def _bounded_allocations():
+    """Fail if reading allocates more than the bound, refused or not (numpy reports to tracemalloc).
+
+    A refusal after a huge ``np.empty`` would pass unnoticed otherwise: with overcommit the
+    allocation succeeds and only the read after it fails.
+    """
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < ALLOCATION_BOUND, f"reading allocated {peak} bytes"
+
+
 def _same(got, expected):
     return all(np.array_equal(a, b) for a, b in zip(got, expected))
 
@@ -245,7 +266,8 @@ def test_mutated_model_file_is_refused_or_answers_as_saved(model_file, data, tmp
     path = tmp_path_factory.getbasetemp() / "mutated.skr"
     path.write_bytes(mutated)
     try:
-        loaded = load(path, encoder=TinyEncoder())
+        with _bounded_allocations():
+            loaded = load(path, encoder=TinyEncoder())
     except FileFormatError as error:
         assert "\n" not in str(error)
         event(f"{kind}: refused")
@@ -273,7 +295,8 @@ def test_mutated_prototype_file_is_refused_or_read_as_written(prototype_file, da
     path = tmp_path_factory.getbasetemp() / "mutated.npz"
     path.write_bytes(mutated)
     try:
-        source = read_feature_file(path)
+        with _bounded_allocations():
+            source = read_feature_file(path)
     except FileFormatError as error:
         assert "\n" not in str(error)
         event(f"{kind}: refused")
