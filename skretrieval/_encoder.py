@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from joblib import effective_n_jobs
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted
 from torch import nn
 
 from ._cache import FeatureCache, cache_location, encoder_fingerprint
@@ -61,6 +61,7 @@ class EncoderMixin:
         if isinstance(self.encoder_, nn.Module):
             self.encoder_.to(self.device_).eval()
         self._inference_runner = self._new_runner()
+        self._fingerprints = {}  # the encoder's fingerprint per precision, hashed on first use
 
     def _new_runner(self) -> InferenceRunner:
         checked = fast_paths_checked(self.encoder_)
@@ -87,23 +88,33 @@ class EncoderMixin:
         mode = resolve_compile(self.compile, n_images, fast_paths_checked(self.encoder_), is_module)
         return mode, resolve_encode_precision(self.encode_precision)
 
-    def _encode_input(self, X, *, reset: bool, exact: bool = False):
-        """``(features float32 (n, d), labels or None, ids or None)`` for any accepted ``X``.
+    def _encode_input(self, X, *, reset: bool, exact: bool = False, keep_rows=None, embedded=False):
+        """``(features float32 (n, d), labels or None, ids or None, skipped)`` for any ``X``.
 
-        Image files that cannot be decoded follow ``on_error``: with "skip"/"warn", a fit
-        (``reset=True``) leaves them out and lists them in ``skipped_`` as ``(index, path,
-        reason)``; a query (``reset=False``) keeps its rows aligned, the bad rows all NaN.
+        Image files that cannot be decoded follow ``on_error``: with "skip"/"warn" they are
+        listed in ``skipped`` as ``(index, path, reason)`` and, unless ``keep_rows`` (the
+        default for queries, ``reset=False``), left out; kept rows are all NaN, so that
+        rows stay aligned with ``X``. ``reset`` starts a fit (feature count, fast copies).
         ``exact`` encodes in float32, eagerly (the features a training starts from).
+        ``embedded``: ``X`` must be a feature matrix, taken as it is (no feature count
+        check: embeddings may be narrower than the encoder's features).
         """
         on_error = getattr(self, "on_error", "raise")
+        keep_rows = not reset if keep_rows is None else keep_rows
         source = read_input(X, on_error=on_error)
         if isinstance(source, FeatureInput):
-            if reset:
-                self.skipped_ = []
-            features = validate_data(
-                self, source.features, reset=reset, dtype=[np.float32, np.float64]
-            ).astype(np.float32, copy=False)
-            return features, source.labels, source.ids
+            if embedded:
+                features = check_array(
+                    source.features, dtype=[np.float32, np.float64], ensure_all_finite="allow-nan"
+                )
+            else:
+                features = validate_data(self, source.features, reset=reset, dtype=[np.float32, np.float64])
+            return features.astype(np.float32, copy=False), source.labels, source.ids, []
+        if embedded:
+            raise ValueError(
+                f"embedded=True takes embeddings (a 2-D matrix, as transform returns); got "
+                f"{source.description}. Pass images with embedded=False."
+            )
         if self.encoder_ is None:
             raise ValueError(
                 f"encoder='precomputed' expects X to be a 2-D feature matrix; got {source.description}. "
@@ -111,8 +122,9 @@ class EncoderMixin:
             )
         if reset and hasattr(self, "n_features_in_"):
             del self.n_features_in_  # images have no feature count; drop one from an earlier fit
-        if reset:  # fit may have trained the encoder: fast copies of the old one are stale
+        if reset:  # fit may have trained the encoder: fast copies and fingerprints are stale
             self._inference_runner = self._new_runner()
+            self._fingerprints = {}
         mode, dtype = self._inference_mode(source.n, exact)
         try:
             features, labels = encode(
@@ -125,7 +137,7 @@ class EncoderMixin:
             # gives the width); a fit, or an ImageEncoder, has nothing to return.
             if reset or len(source.skipped) != source.n or not hasattr(self, "prototype_"):
                 raise
-            features, labels = np.empty((0, self.prototype_.shape[1]), np.float32), None
+            features, labels = np.empty((0, 1), np.float32), None  # all NaN rows: any width
         bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
         if bad.size:
             raise ValueError(
@@ -141,27 +153,27 @@ class EncoderMixin:
                 stacklevel=3,
             )
         ids = source.ids
-        if reset:
-            self.skipped_ = skipped
-            if skipped and ids is not None:
+        if skipped and not keep_rows:
+            if ids is not None:
                 ids = np.delete(ids, [index for index, _, _ in skipped])
         elif skipped:  # queries stay aligned with X: the skipped rows are all NaN
             kept = np.setdiff1d(np.arange(len(features) + len(skipped)), [index for index, _, _ in skipped])
             aligned = np.full((len(features) + len(skipped), features.shape[1]), np.nan, np.float32)
             aligned[kept] = features
             features = aligned
-        return features, labels, ids
+        return features, labels, ids, skipped
 
     def _feature_cache(self, dtype=torch.float32) -> FeatureCache | None:
         """The ``memory`` cache for the encoder as it is now (None when not caching)."""
         location = cache_location(self.memory)
         if location is None:
             return None
-        # Hashed at every call, not once in fit: training may change the weights.
-        fingerprint = encoder_fingerprint(
-            self.encoder_, self.preprocessing_, self.cache_key,
-            variant=None if dtype == torch.float32 else str(dtype),
-        )
+        # Hashed once per fit (the weights change only there), filled in place on first use.
+        variant = None if dtype == torch.float32 else str(dtype)
+        memo = self.__dict__.setdefault("_fingerprints", {})
+        if variant not in memo:
+            memo[variant] = encoder_fingerprint(self.encoder_, self.preprocessing_, self.cache_key, variant=variant)
+        fingerprint = memo[variant]
         return None if fingerprint is None else FeatureCache(location, fingerprint)
 
     def __getstate__(self):

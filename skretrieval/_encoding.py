@@ -127,7 +127,13 @@ def _preprocess(images: torch.Tensor, preprocess) -> torch.Tensor:
     return preprocess(to_unit_float(images))
 
 
-def _as_features(output) -> np.ndarray:
+def output_features(output) -> torch.Tensor:
+    """The encoder's output as ``(N, D)`` features: the one rule of inference and training.
+
+    A tuple or list gives its first element; trailing dimensions of size 1 (pooled maps
+    ``(N, C, 1, 1)``) are flattened; anything else that is not 2-D is refused, so a
+    module is never trained on features that inference would not accept.
+    """
     if isinstance(output, (tuple, list)):
         output = output[0]
     output = torch.as_tensor(output)
@@ -138,4 +144,8 @@ def _as_features(output) -> np.ndarray:
             f"the encoder returned shape {tuple(output.shape)}; it must map an (N, C, H, W) batch "
             "to (N, D) features (add global pooling and flatten to your module)."
         )
-    return output.detach().float().cpu().numpy()
+    return output
+
+
+def _as_features(output) -> np.ndarray:
+    return output_features(output).detach().float().cpu().numpy()

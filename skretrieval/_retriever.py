@@ -10,12 +10,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d
+from sklearn.utils.validation import check_is_fitted
 
 from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin, with_encoding_options
+from ._neighbors import GalleryMixin, _aligned_labels
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
-from ._vote import class_probabilities, plurality_vote, vote_weights
 from .io import to_unit_float
 from .io._inputs import _item_tensor
 from .search import (
@@ -31,7 +30,7 @@ from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
 @with_encoding_options
-class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator):
+class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator):
     """Image-to-image retrieval: a gallery of encoded images searched by similarity.
 
     ``fit`` encodes the gallery (the "prototype"); ``kneighbors``/``search`` return the most
@@ -323,22 +322,13 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             self._fit_embedding_images(X, y, warm)  # trains encoder_ and projection_
         # A head trains on float32 features from the eager encoder, whatever the settings
         # (fit's promise of reproducible training); queries may run faster.
-        features, labels, ids = self._encode_input(X, reset=True, exact=self.head is not None)
+        features, labels, ids, self.skipped_ = self._encode_input(X, reset=True, exact=self.head is not None)
         n = len(features)
         if y is not None:
-            labels = column_or_1d(y, warn=True)
-            if self.skipped_ and len(labels) == n + len(self.skipped_):
-                labels = np.delete(labels, [index for index, _, _ in self.skipped_])
-            if len(labels) != n:
-                raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
-            check_classification_targets(labels)
+            labels = _aligned_labels(y, n, self.skipped_)
         self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
-        if labels is None:
-            labels = np.arange(n)
         self.prototype_ = self._embed(features)
-        self.prototype_labels_ = np.asarray(labels)
-        self.prototype_ids_ = np.asarray(ids) if ids is not None else np.arange(n)
-        self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+        self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
         self._search_cache = _SearchCache()  # filled by the first query
         # Where each gallery image came from, by reference (paths are in prototype_ids_).
         self._gallery_source = X.dataset if isinstance(X, torch.utils.data.DataLoader) else X
@@ -359,345 +349,6 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         features : ndarray of shape (n_gallery, n_features), float32
         """
         return self.fit(X, y).prototype_.copy()
-
-    def transform(self, X):
-        """Feature vectors of ``X``, as the gallery was encoded.
-
-        Parameters
-        ----------
-        X : images or features
-            Any input :meth:`fit` accepts.
-
-        Returns
-        -------
-        features : ndarray of shape (n_samples, n_features), float32
-        """
-        check_is_fitted(self)
-        return self._query_features(X)
-
-    def search(self, X=None, k=None):
-        """The ``k`` most similar gallery items per query: similarities, best first.
-
-        The similarity view of :meth:`kneighbors` (the origin's ``matching``): larger means
-        more similar, sorted descending; ties go to the lower gallery index.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None queries the gallery against itself, excluding each item itself.
-        k : int, default=None
-            Items per query; ``topk`` when None, ``-1`` for all.
-
-        Returns
-        -------
-        similarities : ndarray of shape (n_queries, k), float32
-        indices : ndarray of shape (n_queries, k), int64
-            Rows of ``prototype_``; ``prototype_ids_[indices]`` names the items.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> retriever = ImageRetriever("precomputed").fit(np.eye(3))
-        >>> similarities, indices = retriever.search([[0.0, 1.0, 0.0]], k=2)
-        >>> similarities.round(3), indices
-        (array([[1., 0.]], dtype=float32), array([[1, 0]]))
-        """
-        check_is_fitted(self)
-        queries = None if X is None else self._query_features(X)
-        return self._search(queries, k)
-
-    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
-        """Nearest gallery items of each query, as ``NearestNeighbors.kneighbors``.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None queries the gallery against itself, and no item is its own
-            neighbour.
-        n_neighbors : int, default=None
-            Neighbours per query; ``topk`` when None, ``-1`` for all.
-        return_distance : bool, default=True
-            Whether to return the distances too.
-
-        Returns
-        -------
-        neigh_dist : ndarray of shape (n_queries, n_neighbors), float32
-            Ascending distances: ``1 - cos`` (cosine), ``||a - b||`` (euclidean), ``-a.b``
-            (dot), ``-s`` (callable). Only when ``return_distance=True``.
-        neigh_ind : ndarray of shape (n_queries, n_neighbors), int64
-            Rows of ``prototype_``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
-        >>> retriever.kneighbors(n_neighbors=1)
-        (array([[1.],
-               [1.],
-               [2.]], dtype=float32), array([[1],
-               [0],
-               [1]]))
-        """
-        similarities, indices = self.search(X, n_neighbors)
-        if not return_distance:
-            return indices
-        return get_similarity(self.similarity_fn).to_distance(similarities), indices
-
-    def radius_neighbors(self, X=None, radius=None, return_distance=True, sort_results=False):
-        """Gallery items within a distance of each query, as ``NearestNeighbors.radius_neighbors``.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None queries the gallery against itself, and no item is its own
-            neighbour.
-        radius : float
-            Largest distance returned, as :meth:`kneighbors` defines distances (``1 - cos``
-            for cosine, ``||a - b||`` for euclidean, ``-a.b`` for dot, ``-s`` for a callable).
-        return_distance : bool, default=True
-            Whether to return the distances too.
-        sort_results : bool, default=False
-            Sort each query's neighbours by distance (ties by index); otherwise by index.
-
-        Returns
-        -------
-        neigh_dist : ndarray of shape (n_queries,), dtype=object
-            One float32 array of distances per query. Only when ``return_distance=True``.
-        neigh_ind : ndarray of shape (n_queries,), dtype=object
-            One int64 array of ``prototype_`` rows per query.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
-        >>> retriever.radius_neighbors([[0.5]], radius=1.0, return_distance=False)[0]
-        array([0, 1])
-        """
-        check_is_fitted(self)
-        if radius is None:
-            raise ValueError("radius_neighbors needs a radius (a distance, as kneighbors returns).")
-        queries = None if X is None else self._query_features(X)
-        distances, indices = radius_search(
-            self.prototype_ if queries is None else queries,
-            self._search_gallery(),
-            float(radius),
-            get_similarity(self.similarity_fn),
-            exclude_self=queries is None,
-            sort_results=sort_results,
-            working_memory=self.working_memory,
-        )
-        return (distances, indices) if return_distance else indices
-
-    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
-        """Sparse graph of each query's nearest gallery items, as ``NearestNeighbors``.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None: the gallery against itself, without self-loops.
-        n_neighbors : int, default=None
-            Neighbours per query; ``topk`` when None.
-        mode : {"connectivity", "distance"}, default="connectivity"
-            Ones, or the distances of :meth:`kneighbors`.
-
-        Returns
-        -------
-        graph : sparse matrix of shape (n_queries, n_gallery), CSR
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
-        >>> retriever.kneighbors_graph(n_neighbors=1).toarray()
-        array([[0., 1., 0.],
-               [1., 0., 0.],
-               [0., 1., 0.]])
-        """
-        _check_graph_mode(mode)
-        distances, indices = self.kneighbors(X, n_neighbors)
-        n_queries, k = indices.shape
-        data = np.ones(indices.size) if mode == "connectivity" else distances.ravel()
-        indptr = np.arange(0, n_queries * k + 1, k)
-        return sp.csr_matrix((data, indices.ravel(), indptr), shape=(n_queries, len(self.prototype_)))
-
-    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
-        """Sparse graph of the gallery items within ``radius`` of each query.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None: the gallery against itself, without self-loops.
-        radius : float
-            Largest distance, as in :meth:`radius_neighbors`.
-        mode : {"connectivity", "distance"}, default="connectivity"
-            Ones, or the distances.
-        sort_results : bool, default=False
-            Store each row's entries by increasing distance (``mode="distance"`` only).
-
-        Returns
-        -------
-        graph : sparse matrix of shape (n_queries, n_gallery), CSR
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
-        >>> retriever.radius_neighbors_graph(radius=1.5).toarray()
-        array([[0., 1., 0.],
-               [1., 0., 0.],
-               [0., 0., 0.]])
-        """
-        _check_graph_mode(mode)
-        if sort_results and mode != "distance":
-            raise ValueError("sort_results=True needs mode='distance', as in scikit-learn.")
-        distances, indices = self.radius_neighbors(X, radius, sort_results=sort_results)
-        counts = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
-        indptr = np.concatenate([[0], np.cumsum(counts)])
-        columns = np.concatenate([*indices, np.empty(0, np.int64)])
-        data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
-        return sp.csr_matrix((data, columns, indptr), shape=(len(indices), len(self.prototype_)))
-
-    def find_duplicates(self, min_similarity: float = 0.9) -> list[np.ndarray]:
-        """Groups of near-identical gallery items.
-
-        Two items are linked when their similarity is at least ``min_similarity`` (exactly,
-        in float32); a group is a connected component of those links (so two members may be
-        less similar, through a chain), found with :func:`scipy.sparse.csgraph.connected_components`.
-
-        Parameters
-        ----------
-        min_similarity : float, default=0.9
-            On the scale of ``similarity_fn`` (``-distance`` for euclidean).
-
-        Returns
-        -------
-        groups : list of ndarray of int64
-            Rows of ``prototype_``, ascending within a group; groups ordered by their first
-            row. Items without a duplicate are left out.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> gallery = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, 2.0], [1.0, 1.0]]
-        >>> ImageRetriever("precomputed").fit(gallery).find_duplicates(0.99)
-        [array([0, 2]), array([1, 3])]
-        """
-        from scipy.sparse.csgraph import connected_components
-
-        check_is_fitted(self)
-        radius = float(get_similarity(self.similarity_fn).to_distance(np.float32(min_similarity)))
-        graph = self.radius_neighbors_graph(radius=radius)
-        _, component = connected_components(graph, directed=False)
-        sizes = np.bincount(component)
-        order = np.argsort(component, kind="stable")
-        groups = np.split(order, np.cumsum(sizes)[:-1])
-        return [group for group in groups if len(group) > 1]
-
-    def add(self, X, y=None):
-        """Append items to the gallery, encoding only the new ones.
-
-        Parameters
-        ----------
-        X : images or features
-            New gallery items, in any form :meth:`fit` accepts.
-        y : array-like of shape (n_new,), default=None
-            Their labels. Needed when the gallery was fitted with labels (unless ``X``
-            carries them); without, new items continue the ``arange`` labels.
-
-        Returns
-        -------
-        self : ImageRetriever
-            ``prototype_``, ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` are
-            extended; the result equals fitting on the concatenated gallery.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from skretrieval import ImageRetriever
-        >>> retriever = ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0]], ["a"])
-        >>> retriever.add([[0.0, 1.0]], ["b"]).predict([[0.1, 0.9]])
-        array(['b'], dtype='<U1')
-        """
-        check_is_fitted(self)
-        features, labels, ids = self._encode_input(X, reset=False)
-        features = self._embed(features)
-        n_old, n_new = len(self.prototype_), len(features)
-        if features.shape[1] != self.prototype_.shape[1]:
-            raise ValueError(
-                f"X has {features.shape[1]} features, but the gallery has {self.prototype_.shape[1]}; "
-                "add items encoded as the gallery was."
-            )
-        if y is not None:
-            labels = column_or_1d(y, warn=True)
-            if len(labels) != n_new:
-                raise ValueError(f"X has {n_new} samples but y has {len(labels)}; they must match.")
-            check_classification_targets(labels)
-        if labels is None:
-            if not np.array_equal(self.prototype_labels_, np.arange(n_old)):
-                raise ValueError(
-                    "the gallery was fitted with labels, so add needs y for the new items too."
-                )
-            labels = np.arange(n_old, n_old + n_new)
-        ids = np.arange(n_old, n_old + n_new) if ids is None else np.asarray(ids)
-        self.prototype_ = np.concatenate([self.prototype_, features])
-        self.prototype_labels_ = _concatenate(self.prototype_labels_, np.asarray(labels))
-        self.prototype_ids_ = _concatenate(self.prototype_ids_, ids)
-        self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
-        if not isinstance(self.prototype_ids_[-1], str):
-            # In-memory gallery images are kept by reference to what fit got; added ones are not.
-            self.__dict__.pop("_gallery_source", None)
-        return self
-
-    def predict(self, X):
-        """Label of each query by a vote of its ``topk`` most similar gallery items.
-
-        Parameters
-        ----------
-        X : images or features
-            Queries.
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_queries,)
-            Labels from ``classes_``; gallery indices when fitted without ``y``.
-        """
-        codes, weights = self._votes(X)
-        missing = codes[:, 0] < 0  # skipped unreadable queries (on_error)
-        if not missing.any():
-            return self.classes_[plurality_vote(codes, weights)]
-        y_pred = np.full(len(codes), None, dtype=object)
-        if not missing.all():
-            y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
-        return y_pred
-
-    def predict_proba(self, X):
-        """Vote shares of every class among the ``topk`` neighbours.
-
-        Parameters
-        ----------
-        X : images or features
-            Queries.
-
-        Returns
-        -------
-        proba : ndarray of shape (n_queries, n_classes)
-            Rows sum to 1; columns follow ``classes_`` (the gallery items when fitted
-            without ``y``).
-        """
-        codes, weights = self._votes(X)
-        missing = codes[:, 0] < 0
-        if not missing.any():
-            return class_probabilities(codes, weights, len(self.classes_))
-        proba = np.full((len(codes), len(self.classes_)), np.nan)
-        if not missing.all():
-            proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
-        return proba
 
     def dump_prototype(self, path):
         """Write the gallery features, labels and ids to ``path`` (``fit`` accepts the file).
@@ -778,37 +429,39 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
         tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
         return tags
 
-    def _query_features(self, X) -> np.ndarray:
-        features = self._encode_input(X, reset=False)[0]
-        if np.isnan(features).all():  # every query was an unreadable file (on_error="skip")
-            return np.full((len(features), self.prototype_.shape[1]), np.nan, np.float32)
-        features = self._embed(features)
-        if features.shape[1] != self.prototype_.shape[1]:
-            raise ValueError(
-                f"X has {features.shape[1]} features, but the gallery of {type(self).__name__} has "
-                f"{self.prototype_.shape[1]}; query with the same encoder (or feature size) as fit."
-            )
-        return features
+    # -- how this gallery is stored and searched (GalleryMixin's hooks) --------------------
 
-    def _search(self, queries, k):
-        exclude_self = queries is None
-        k = self._resolve_k(self.topk if k is None else k, exclude_self)
-        if not exclude_self:
-            valid = ~np.isnan(queries).any(axis=1)  # NaN rows: queries skipped by on_error
-            if not valid.all():
-                similarities = np.full((len(queries), k), -np.inf, np.float32)
-                indices = np.full((len(queries), k), -1, np.int64)
-                if valid.any():
-                    similarities[valid], indices[valid] = self._search(queries[valid], k)
-                return similarities, indices
+    def _n_gallery(self) -> int:
+        return len(self.prototype_)
+
+    def _n_features(self) -> int:
+        return self.prototype_.shape[1]
+
+    def _gallery_topk(self, queries, k: int):
         return topk_search(
-            self.prototype_ if exclude_self else queries,
+            self.prototype_ if queries is None else queries,
             self._search_gallery(),
             k,
             get_similarity(self.similarity_fn),
-            exclude_self=exclude_self,
+            exclude_self=queries is None,
             working_memory=self.working_memory,
         )
+
+    def _gallery_radius(self, queries, radius: float, sort_results: bool):
+        return radius_search(
+            self.prototype_ if queries is None else queries,
+            self._search_gallery(),
+            radius,
+            get_similarity(self.similarity_fn),
+            exclude_self=queries is None,
+            sort_results=sort_results,
+            working_memory=self.working_memory,
+        )
+
+    def _append_gallery(self, features: np.ndarray) -> None:
+        self.prototype_ = np.concatenate([self.prototype_, features])
+        # In-memory gallery images are kept by reference to what fit got; added ones are not.
+        self.__dict__.pop("_gallery_source", None)
 
     def _search_gallery(self) -> SearchGallery:
         """The gallery prepared for search, resident on ``device_`` in the search dtype.
@@ -824,27 +477,6 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
             cache.gallery = SearchGallery(self.prototype_, similarity, dtype, self.device_)
             cache.prototype, cache.key = self.prototype_, key
         return cache.gallery
-
-    def _resolve_k(self, k, exclude_self: bool) -> int:
-        available = len(self.prototype_) - int(exclude_self)
-        if not isinstance(k, Integral) or isinstance(k, bool) or (k < 1 and k != -1):
-            raise ValueError(f"n_neighbors must be a positive int or -1 (all); got {k!r}.")
-        k = available if k == -1 else int(k)
-        if k > available:
-            whose = "the gallery minus the query itself" if exclude_self else "the gallery"
-            raise ValueError(
-                f"{k} neighbours requested (topk/n_neighbors), but {whose} holds only {available} "
-                f"item(s); lower topk or n_neighbors, or use -1 for all."
-            )
-        if k < 1:
-            raise ValueError("the gallery holds a single item, which has no neighbour but itself.")
-        return k
-
-    def _votes(self, X):
-        check_is_fitted(self)
-        similarities, indices = self._search(self._query_features(X), None)
-        codes = np.where(indices < 0, -1, self._label_codes[indices])
-        return codes, vote_weights(self.vote, np.where(indices < 0, 0, similarities))
 
     def _gallery_image(self, i: int) -> np.ndarray:
         """Gallery item ``i`` as an ``(H, W, 3)`` float array in [0, 1], read from its source.
@@ -875,18 +507,6 @@ class ImageRetriever(FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator
                 "yourself (e.g. RetrievalDisplay.from_predictions)."
             )
         return _image_array(item, where)
-
-
-def _check_graph_mode(mode) -> None:
-    if mode not in ("connectivity", "distance"):
-        raise ValueError(f"mode={mode!r} is not supported; use 'connectivity' or 'distance'.")
-
-
-def _concatenate(old: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """Append labels or ids; mixed kinds (e.g. paths after integers) become objects."""
-    if old.dtype.kind != new.dtype.kind and not {old.dtype.kind, new.dtype.kind} <= {"i", "u"}:
-        old, new = old.astype(object), new.astype(object)
-    return np.concatenate([old, new])
 
 
 class _SearchCache:

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -229,7 +228,9 @@ def _plot(retriever, files, similarities, indices, path) -> None:
 
 
 def _evaluate(args) -> int:
-    from .metrics import get_scorer
+    import numpy as np
+
+    from .metrics import get_scorer, retrieval_report
 
     if not args.labels_from_folders:
         raise _UsageError("evaluate needs the query labels: pass --labels-from-folders.")
@@ -246,23 +247,10 @@ def _evaluate(args) -> int:
     if not Path(args.query_dir).is_dir():
         raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
     files = _image_files([args.query_dir])
-    # Queried by path (a 2-D input is taken as encoder features, not as embeddings), each
-    # image encoded once: the first pass fills this feature cache, the metrics read it.
-    with tempfile.TemporaryDirectory(prefix="skretrieval-evaluate-") as cache:
-        retriever.set_params(on_error=_estimator_on_error(args), memory=cache)
-        report = _evaluate_files(args, retriever, files, metrics)
-    print(json.dumps(report) if args.json else report)
-    return 0
-
-
-def _evaluate_files(args, retriever, files, metrics):
-    """The report of ``retriever`` on the readable query ``files``, labelled by folder."""
-    import numpy as np
-
-    from .metrics import retrieval_report
-
+    retriever.set_params(on_error=_estimator_on_error(args))
+    features = retriever.transform(files)  # encoded once; every metric reuses them
     labels = _folder_labels(files)
-    unreadable = np.isnan(retriever.transform(files)).any(axis=1)  # queries skipped by --on-error
+    unreadable = np.isnan(features).any(axis=1)  # rows of queries skipped by --on-error
     if unreadable.any():
         if unreadable.all():
             raise ValueError(
@@ -272,9 +260,10 @@ def _evaluate_files(args, retriever, files, metrics):
             args, [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)],
             len(files), "query image",
         )
-        files = [f for f, bad in zip(files, unreadable) if not bad]
-        labels = [lab for lab, bad in zip(labels, unreadable) if not bad]
-    return retrieval_report(retriever, files, labels, metrics, output_dict=args.json)
+        features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
+    report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json, embedded=True)
+    print(json.dumps(report) if args.json else report)
+    return 0
 
 
 def _duplicates(args) -> int:

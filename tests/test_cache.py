@@ -12,6 +12,7 @@ from helpers import CallCounter, TinyEncoder
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
+import skretrieval._encoder as encoder_module
 from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval._cache import FeatureCache, encoder_fingerprint
 
@@ -150,3 +151,20 @@ def test_pipeline_with_an_encoder_step_encodes_each_image_once(tmp_path, tiny_pr
     grid.fit(images, labels)
     assert counter.images == len(images)
     assert grid.best_score_ == 1.0
+
+
+def test_the_fingerprint_is_hashed_once_per_fit(tmp_path, tiny_prep, colour_images, monkeypatch):
+    """Regression: every query with memory= hashed the whole state dict again."""
+    images, labels = colour_images
+    calls = []
+    original = encoder_module.encoder_fingerprint
+    monkeypatch.setattr(encoder_module, "encoder_fingerprint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    model = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu", memory=tmp_path).fit(images, labels)
+    assert len(calls) == 1
+    for _ in range(3):
+        model.predict(images[:4])
+    assert len(calls) == 1
+    with torch.no_grad():  # new weights, refitted: hashed again, and the cache misses
+        model.encoder_.conv.weight.mul_(2)
+    model.set_params(encoder=model.encoder_).fit(images, labels)
+    assert len(calls) == 2

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from .._neighbors import GalleryMixin
 from .._retriever import ImageRetriever
-from .._vote import plurality_vote, vote_weights
-from ..search import get_similarity, topk_search
+from ..search import get_similarity, radius_search, topk_search
 
 
 def _shard_topk(queries, shard, offset, k, similarity_fn, working_memory):
@@ -20,28 +19,44 @@ def _shard_topk(queries, shard, offset, k, similarity_fn, working_memory):
     scores, indices = topk_search(
         queries, shard, k, get_similarity(similarity_fn), working_memory=working_memory, device="cpu"
     )
-    return scores, indices + offset
+    return scores, np.where(indices < 0, -1, indices + offset)
 
 
 def _merge(a, b, k):
     """Merge two (scores, indices) top-k lists: score descending, then lower global index."""
     scores = np.concatenate([a[0], b[0]], axis=1)
     indices = np.concatenate([a[1], b[1]], axis=1)
-    order = np.lexsort((indices, -scores), axis=1)[:, :k]
+    order = np.lexsort((np.where(indices < 0, np.iinfo(np.int64).max, indices), -scores), axis=1)[:, :k]
     rows = np.arange(len(scores))[:, None]
     return scores[rows, order], indices[rows, order]
 
 
-class ShardedRetriever(ClassifierMixin, BaseEstimator):
+def _shard_radius(queries, query_offset, shard, offset, radius, similarity_fn, working_memory):
+    """Matches within ``radius`` in one shard, global indices; ``query_offset`` (queries are
+    gallery rows from there on) drops each query's own row."""
+    distances, indices = radius_search(
+        queries, shard, radius, get_similarity(similarity_fn), working_memory=working_memory, device="cpu"
+    )
+    for i in range(len(indices)):
+        indices[i] = indices[i] + offset
+        if query_offset is not None:
+            keep = indices[i] != query_offset + i
+            distances[i], indices[i] = distances[i][keep], indices[i][keep]
+    return distances, indices
+
+
+class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
     """An :class:`~skretrieval.ImageRetriever` whose gallery is sharded across a Dask cluster.
 
     The gallery features are split into ``n_shards`` contiguous blocks held in the workers'
     memory. :meth:`kneighbors` sends each block of queries to every shard, where the
     single-machine search engine (:func:`skretrieval.search.topk_search`) finds the local
     top-k; the local lists are merged pairwise in a tree (score descending, ties to the lower
-    gallery index), so results are identical to the single-machine retriever's. Queries are
-    encoded on the client with the fitted retriever; encode large query sets with
-    :func:`skretrieval.dask.encode` and pass the features.
+    gallery index), so results are identical to the single-machine retriever's. Everything
+    else (labels, ``add``, unreadable queries, the vote, radius queries and graphs) is
+    :class:`~skretrieval.ImageRetriever`'s own code. Queries are encoded on the client with
+    the fitted retriever; encode large query sets with :func:`skretrieval.dask.encode` (the
+    retriever's ``transform``) and pass the result with ``embedded=True``.
 
     Parameters
     ----------
@@ -67,6 +82,11 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
     shard_offsets_ : ndarray of shape (n_shards + 1,)
         Global gallery row where each shard starts, and the gallery size.
     prototype_labels_ : ndarray of shape (n_gallery,)
+    prototype_ids_ : ndarray of shape (n_gallery,)
+        File path of each gallery item when it came from files, else its row.
+    skipped_ : list of tuple
+        ``(index in X, path, reason)`` of each unreadable image file left out by ``fit``
+        and ``add``.
     classes_ : ndarray of shape (n_classes,)
     n_features_ : int
         Width of the gallery features.
@@ -135,6 +155,8 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
     def partial_fit(self, X, y=None):
         """Append items to the gallery as new shards; existing shards stay where they are.
 
+        The same as :meth:`add` (scikit-learn's name for growing a fitted model).
+
         Parameters
         ----------
         X : images or features
@@ -147,104 +169,13 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         -------
         self : ShardedRetriever
         """
-        check_is_fitted(self)
-        features = self.retriever_._embed(self.retriever_._encode_input(X, reset=False)[0])
-        self._check_width(features)
-        n0, n = self.shard_offsets_[-1], len(features)
-        unlabelled = np.array_equal(self.prototype_labels_, np.arange(n0))
-        if y is None and not unlabelled:
-            raise ValueError(
-                "the gallery was fitted with labels y; pass the labels of the new items too "
-                "(partial_fit(X, y))."
-            )
-        labels = np.arange(n0, n0 + n) if y is None else np.asarray(y)
-        if len(labels) != n:
-            raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
-        labels = np.concatenate([self.prototype_labels_, labels])
-        n_new = self._n_blocks(n)
-        bounds = np.linspace(0, n, n_new + 1).astype(np.int64)
-        self.shards_ = self.shards_ + self._scatter(features, bounds)
-        self.shard_offsets_ = np.concatenate([self.shard_offsets_, n0 + bounds[1:]])
-        self._set_labels(labels)
-        return self
-
-    add = partial_fit
-
-    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
-        """Nearest gallery items of each query, identical to :meth:`ImageRetriever.kneighbors`.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None queries the gallery against itself (no item is its own neighbour).
-        n_neighbors : int, default=None
-            Neighbours per query; the retriever's ``topk`` when None, ``-1`` for all.
-        return_distance : bool, default=True
-            Whether to return the distances too.
-
-        Returns
-        -------
-        neigh_dist : ndarray of shape (n_queries, n_neighbors), float32
-            Only when ``return_distance=True``.
-        neigh_ind : ndarray of shape (n_queries, n_neighbors), int64
-            Global gallery rows.
-        """
-        similarities, indices = self.search(X, n_neighbors)
-        if not return_distance:
-            return indices
-        return get_similarity(self.retriever_.similarity_fn).to_distance(similarities), indices
-
-    def search(self, X=None, k=None):
-        """The ``k`` most similar gallery items per query: similarities, best first.
-
-        Parameters
-        ----------
-        X : images or features, default=None
-            Queries; None queries the gallery against itself, excluding each item itself.
-        k : int, default=None
-            Items per query; ``topk`` when None, ``-1`` for all.
-
-        Returns
-        -------
-        similarities : ndarray of shape (n_queries, k), float32
-        indices : ndarray of shape (n_queries, k), int64
-        """
-        check_is_fitted(self)
-        if X is None:
-            return self._search_self(self._resolve_k(k, True))
-        return self._search(self._query_features(X), self._resolve_k(k, False))
-
-    def predict(self, X):
-        """Label of each query by a vote of its ``topk`` most similar gallery items.
-
-        Parameters
-        ----------
-        X : images or features
-            Queries.
-
-        Returns
-        -------
-        y_pred : ndarray of shape (n_queries,)
-        """
-        similarities, indices = self.search(X)
-        weights = vote_weights(self.retriever_.vote, similarities)
-        return self.classes_[plurality_vote(self._label_codes[indices], weights)]
-
-    def transform(self, X):
-        """Feature vectors of ``X`` (encoded on the client), as the gallery was encoded.
-
-        Parameters
-        ----------
-        X : images or features
-
-        Returns
-        -------
-        features : ndarray of shape (n_samples, n_features), float32
-        """
-        check_is_fitted(self)
-        return self._query_features(X)
+        return self.add(X, y)
 
     # -- internals -------------------------------------------------------------------------
+
+    @property
+    def _settings(self):
+        return self.retriever_
 
     def _shard_fitted(self, retriever, client):
         from distributed import default_client
@@ -255,11 +186,52 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         shell.prototype_ = np.empty((0, features.shape[1]), dtype=np.float32)
         self.retriever_ = shell
         self.n_features_ = features.shape[1]
-        bounds = np.linspace(0, len(features), self._n_blocks(len(features)) + 1).astype(np.int64)
-        self.shards_ = self._scatter(features, bounds)
-        self.shard_offsets_ = bounds
-        self._set_labels(retriever.prototype_labels_)
+        self.shards_, self.shard_offsets_ = [], np.zeros(1, np.int64)
+        self._append_gallery(features)
+        self._set_gallery(retriever.prototype_labels_, retriever.prototype_ids_)
+        self.skipped_ = list(getattr(retriever, "skipped_", []))
         return self
+
+    # -- how this gallery is stored and searched (GalleryMixin's hooks) --------------------
+
+    def _n_gallery(self) -> int:
+        return int(self.shard_offsets_[-1])
+
+    def _n_features(self) -> int:
+        return self.n_features_
+
+    def _gallery_topk(self, queries, k: int):
+        return self._search_self(k) if queries is None else self._distributed_topk(queries, k)
+
+    def _gallery_radius(self, queries, radius: float, sort_results: bool):
+        settings = self._settings
+        sim, wm = settings.similarity_fn, settings.working_memory
+        if queries is None:  # every shard's rows against the whole gallery, own rows dropped
+            blocks = [(shard.result(), int(offset)) for shard, offset in zip(self.shards_, self.shard_offsets_[:-1])]
+        else:
+            blocks = [(queries, None)]
+        self._check_shards()
+        distances, indices = [], []
+        for block, query_offset in blocks:
+            parts = self._client.gather([
+                self._client.submit(_shard_radius, block, query_offset, shard, int(offset), radius, sim, wm, pure=False)
+                for shard, offset in zip(self.shards_, self.shard_offsets_[:-1])
+            ])
+            for row in range(len(block)):  # shards in order: each row's indices ascend
+                d = np.concatenate([part[0][row] for part in parts])
+                i = np.concatenate([part[1][row] for part in parts])
+                if sort_results:
+                    order = np.lexsort((i, d))
+                    d, i = d[order], i[order]
+                distances.append(d)
+                indices.append(i)
+        return _object_rows(distances), _object_rows(indices)
+
+    def _append_gallery(self, features: np.ndarray) -> None:
+        n0, n = int(self.shard_offsets_[-1]), len(features)
+        bounds = np.linspace(0, n, self._n_blocks(n) + 1).astype(np.int64)
+        self.shards_ = self.shards_ + self._scatter(features, bounds)
+        self.shard_offsets_ = np.concatenate([self.shard_offsets_, n0 + bounds[1:]])
 
     def _n_blocks(self, n):
         workers = len(self._client.nthreads())
@@ -279,42 +251,12 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
             self._client.replicate(shards, n=self.replicas)
         return shards
 
-    def _set_labels(self, labels):
-        self.prototype_labels_ = np.asarray(labels)
-        self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
-
-    def _check_width(self, features):
-        if features.shape[1] != self.n_features_:
-            raise ValueError(
-                f"X has {features.shape[1]} features, but the sharded gallery has "
-                f"{self.n_features_}; query with the same encoder (or feature size) as fit."
-            )
-
-    def _query_features(self, X):
-        features = self.retriever_._embed(self.retriever_._encode_input(X, reset=False)[0])
-        self._check_width(features)
-        return features
-
-    def _resolve_k(self, k, exclude_self):
-        k = self.retriever_.topk if k is None else k
-        available = int(self.shard_offsets_[-1]) - int(exclude_self)
-        if not isinstance(k, Integral) or isinstance(k, bool) or (k < 1 and k != -1):
-            raise ValueError(f"n_neighbors must be a positive int or -1 (all); got {k!r}.")
-        k = available if k == -1 else int(k)
-        if not 1 <= k <= available:
-            raise ValueError(
-                f"{k} neighbours requested (topk/n_neighbors), but the gallery"
-                f"{' minus the query itself' if exclude_self else ''} holds only {available} "
-                "item(s); lower topk or n_neighbors, or use -1 for all."
-            )
-        return k
-
-    def _search(self, queries, k):
+    def _distributed_topk(self, queries, k):
         """Scatter query blocks, local top-k on every shard, tree merge; gathered in order."""
         client = self._client
         self._check_shards()
         results = []
-        sim, wm = self.retriever_.similarity_fn, self.retriever_.working_memory
+        sim, wm = self._settings.similarity_fn, self._settings.working_memory
         for q0 in range(0, len(queries), self.query_block):
             block = client.scatter(queries[q0 : q0 + self.query_block], hash=False)
             level = [
@@ -342,7 +284,7 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
         n = int(self.shard_offsets_[-1])
         scores, indices = [], []
         for shard, offset in zip(self.shards_, self.shard_offsets_[:-1]):
-            s, i = self._search(shard.result(), min(k + 1, n))
+            s, i = self._distributed_topk(shard.result(), min(k + 1, n))
             own = np.arange(offset, offset + len(s))[:, None]
             keep = i != own
             # drop the own match, or the (k+1)-th when the own match ranked lower
@@ -359,3 +301,11 @@ class ShardedRetriever(ClassifierMixin, BaseEstimator):
                 "a query now would return a partial result, so none is returned. Shard the "
                 "gallery again (fit or from_retriever), with replicas=2 to survive a worker loss."
             )
+
+
+def _object_rows(rows: list) -> np.ndarray:
+    """A 1-D object array holding one array per query."""
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = row
+    return out

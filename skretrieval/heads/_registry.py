@@ -7,10 +7,10 @@ import inspect
 
 from torch import nn
 
+from ..losses import ArcFaceLoss, SoftmaxLoss, SupConLoss, TripletLoss
+
 
 def _losses():
-    from ..losses import ArcFaceLoss, SoftmaxLoss, SupConLoss, TripletLoss
-
     return {"linear": SoftmaxLoss, "arcface": ArcFaceLoss, "triplet": TripletLoss, "supcon": SupConLoss}
 
 

@@ -10,6 +10,11 @@ import torch
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 
 
+def to_8bit(array: np.ndarray, top: float = 65535.0) -> np.ndarray:
+    """Deep pixel values in [0, ``top``] scaled (rounded, not clipped) to uint8, as 16-bit files are."""
+    return np.clip(np.asarray(array, dtype=np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def pil_to_tensor(image) -> torch.Tensor:
     """A PIL image as a uint8 tensor (3, H, W), EXIF orientation applied, RGB."""
     from PIL import ImageOps
@@ -18,8 +23,7 @@ def pil_to_tensor(image) -> torch.Tensor:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, not clip
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        grey = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return torch.from_numpy(np.repeat(grey[None], 3, axis=0))
+        return torch.from_numpy(np.repeat(to_8bit(array, top)[None], 3, axis=0))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # as PIL recommends, before dropping alpha
     if image.mode != "RGB":

@@ -3,11 +3,14 @@
 The rules, so that every reader agrees:
 
 * a numeric 2-D array-like (numpy, torch, nested lists, sparse) is features (no encoding);
-* a numpy 3-D ``(N, H, W)`` or 4-D ``(N, H, W, C)`` array is images, channels last;
+* a numpy 3-D ``(N, H, W)`` or 4-D ``(N, H, W, C)`` array is images, channels last (a 3-D
+  array whose last axis has 3 or 4 entries looks like one ``(H, W, C)`` image and is refused:
+  add the batch axis, ``X[None]``);
+* ``uint16`` images are 16-bit (``[0, 65535]``) and are scaled to 8 bits as 16-bit PNG files are;
 * a torch 3-D ``(N, H, W)`` or 4-D ``(N, C, H, W)`` tensor is images, channels first;
 * a ``str``/``Path`` is a feature file (``.npy``, ``.npz``, ``.pt`` from ``dump_prototype``),
   an image file, or a directory of images (recursive, sorted);
-* a sequence of ``str``/``Path`` is image files; a sequence of PIL images or of single
+* a sequence of ``str``/``Path`` (or a numpy array of strings) is image files; a sequence of PIL images or of single
   ``(H, W[, C])`` arrays is images;
 * a torch ``Dataset`` or ``DataLoader`` yields images, or ``(image, label)`` pairs.
 
@@ -28,7 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._decode import list_image_files, load_image, pil_to_tensor
+from ._decode import list_image_files, load_image, pil_to_tensor, to_8bit
 from ._prefetch import ordered_map
 from ._untrusted import (
     FileFormatError,
@@ -99,11 +102,11 @@ def read_input(X, on_error: str = "raise") -> FeatureInput | ImageInput:
     if isinstance(X, torch.utils.data.Dataset):
         return _read_dataset(X)
     if isinstance(X, np.ndarray):
-        return _read_array(X)
+        return _read_array(X, on_error)
     if isinstance(X, (list, tuple)):
         return _read_sequence(X, on_error)
     if hasattr(X, "__array__"):
-        return _read_array(np.asarray(X))
+        return _read_array(np.asarray(X), on_error)
     raise TypeError(f"X of type {type(X).__name__} is not accepted; X must be {_ACCEPTED}.")
 
 
@@ -182,6 +185,8 @@ def _checked_features(source: FeatureInput, path) -> FeatureInput:
 def _read_tensor(X: torch.Tensor):
     if X.ndim == 2:
         return FeatureInput(X.detach().cpu().float().numpy())
+    if X.dtype == torch.uint16:  # 16-bit images: scaled to 8 bits as 16-bit files are
+        X = torch.from_numpy(to_8bit(X.detach().cpu().numpy()))
     if X.ndim == 3:
         X = X[:, None]
     if X.ndim != 4:
@@ -198,15 +203,23 @@ def _read_tensor(X: torch.Tensor):
     )
 
 
-def _read_array(X: np.ndarray):
-    if X.dtype == object and X.ndim == 1:
-        return _read_sequence(list(X))
+def _read_array(X: np.ndarray, on_error: str = "raise"):
+    if X.ndim == 1 and (X.dtype == object or X.dtype.kind in "US"):  # e.g. np.array(paths)
+        return _read_sequence(X.tolist(), on_error)
     if X.ndim <= 2:
         return FeatureInput(X)
     if not np.issubdtype(X.dtype, np.number):
         raise TypeError(
             f"X holds images of dtype {X.dtype}; images must be integers in [0, 255] or floats in [0, 1]."
         )
+    if X.ndim == 3 and X.shape[2] in (3, 4):
+        raise ValueError(
+            f"X has shape {X.shape}, which reads as one (H, W, C) image, not {X.shape[0]} grayscale "
+            f"images {X.shape[2]} pixels wide; add the batch axis for one image (X[None], shape "
+            f"{(1, *X.shape)}), or stack images as (N, H, W, C)."
+        )
+    if X.dtype == np.uint16:
+        X = to_8bit(X)
     if X.ndim == 3:
         X = X[..., None]
     if X.ndim != 4:
@@ -349,6 +362,8 @@ def _item_tensor(x, where: str) -> torch.Tensor:
             x = x[..., None]
         if x.ndim != 3:
             raise ValueError(f"{where}: a numpy image must be (H, W) or (H, W, C); got shape {x.shape}.")
+        if x.dtype == np.uint16:
+            x = to_8bit(x)
         x = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)
     elif isinstance(x, torch.Tensor):
         if x.ndim == 2:

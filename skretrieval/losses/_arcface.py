@@ -7,8 +7,8 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..heads import CosineClassifier
 from ._base import BaseLoss
+from ._cosine_classifier import CosineClassifier
 
 
 class ArcFaceLoss(BaseLoss):

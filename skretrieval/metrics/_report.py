@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+from sklearn.utils.validation import column_or_1d
+
 from ._scorers import _query_ranking, get_scorer
 
 
@@ -15,19 +18,21 @@ def retrieval_report(
     *,
     output_dict: bool = False,
     digits: int = 4,
+    embedded: bool = False,
 ) -> str | dict[str, float]:
     """Several retrieval metrics of a fitted retriever, as a text table or a dict.
 
-    The retriever is queried once, with ``kneighbors`` for as many neighbours as the
-    deepest metric needs (the largest ``K``, or the largest ``R`` for ``"mapr"`` and
-    ``"r_precision"``); every metric reads the first ranks it needs of that one result. Each
-    value equals what ``get_scorer(name)(estimator, X, y)`` returns.
+    The retriever is queried once (the queries are encoded once), for as many neighbours as
+    the deepest metric needs (the largest ``K``, the largest ``R`` for ``"mapr"`` and
+    ``"r_precision"``, ``topk`` for ``"accuracy"``); every metric reads the first ranks it
+    needs of that one result. Each value equals what ``get_scorer(name)(estimator, X, y)``
+    (``estimator.score(X, y)`` for ``"accuracy"``) returns.
 
     Parameters
     ----------
     estimator : fitted retriever or Pipeline ending in one
         Anything :func:`get_scorer` accepts: it has ``kneighbors`` and
-        ``prototype_labels_``.
+        ``prototype_labels_``; for ``"accuracy"``, a skretrieval retriever.
     X : images or features
         The queries.
     y : array-like of shape (n_queries,)
@@ -39,6 +44,9 @@ def retrieval_report(
         Return ``{name: value}`` instead of text.
     digits : int, default=4
         Decimals in the text table.
+    embedded : bool, default=False
+        ``X`` already is embeddings of the retriever (its ``transform``'s output), searched
+        as they are (see :meth:`ImageRetriever.search`).
 
     Returns
     -------
@@ -67,12 +75,16 @@ def retrieval_report(
     if not names:
         raise ValueError("metrics is empty; give at least one name, e.g. ('recall@1', 'map@10').")
     scorers = {name: get_scorer(name) for name in names if name != "accuracy"}
-    values, ranking = {}, None
-    if scorers:
-        ranking = _query_ranking(estimator, X, y, [scorer.k for scorer in scorers.values()])
+    vote = "accuracy" in names
+    ranking = _query_ranking(
+        estimator, X, y, [scorer.k for scorer in scorers.values()], embedded=embedded, vote=vote
+    )
+    if vote:
+        ranking, y_pred = ranking
+    values = {}
     for name in names:
         if name == "accuracy":
-            values[name] = float(estimator.score(X, y))
+            values[name] = float(np.mean(y_pred == column_or_1d(y)))
         else:
             scorer = scorers[name]
             values[name] = float(scorer.metric(ranking, scorer.k).mean())
@@ -83,7 +95,7 @@ def retrieval_report(
     column = max(digits + 2, len("score"))
     lines = [f"{'':>{width}}  {'score':>{column}}"]
     lines += [f"{name:>{width}}  {value:>{column}.{digits}f}" for name, value in values.items()]
-    if ranking is not None:
+    if scorers:
         lonely = int((ranking.n_relevant == 0).sum())
         lines += [
             "",

@@ -106,8 +106,14 @@ def get_scorer(name: str) -> _RetrievalScorer:
     )
 
 
-def _query_ranking(estimator, X, y, ks: Sequence[int | None]) -> _Ranking:
-    """One ``kneighbors`` call deep enough for every ``k`` (None: the largest R)."""
+def _query_ranking(
+    estimator, X, y, ks: Sequence[int | None], *, embedded: bool = False, vote: bool = False
+):
+    """One search deep enough for every ``k`` (None: the largest R).
+
+    Returns the ranking; with ``vote``, ``(ranking, y_pred)``, ``y_pred`` being the
+    retriever's ``predict`` of the same queries, voted from the same neighbours.
+    """
     if y is None:
         raise ValueError(
             "Retrieval scorers judge relevance by label, so they need y, the labels of the "
@@ -116,18 +122,27 @@ def _query_ranking(estimator, X, y, ks: Sequence[int | None]) -> _Ranking:
     retriever = estimator
     if isinstance(estimator, Pipeline):
         retriever = estimator[-1]
-        if len(estimator) > 1:
+        if len(estimator) > 1 and not embedded:
             X = estimator[:-1].transform(X)
     check_is_fitted(retriever, "prototype_labels_")
     gallery_labels = np.asarray(retriever.prototype_labels_)
     y = column_or_1d(y, input_name="y")
     n_relevant = _count_relevant(y, gallery_labels)
     largest_r = int(n_relevant.max(initial=0))
-    depth = min(max(largest_r if k is None else k for k in ks), len(gallery_labels))
-    if depth == 0:  # no query label occurs in the gallery (or an empty gallery)
-        ranked = np.empty((len(y), 0), dtype=np.intp)
+    depth = min(max([largest_r if k is None else k for k in ks], default=0), len(gallery_labels))
+    n_votes = retriever._resolve_k(retriever._settings.topk, False) if vote else 0
+    keywords = {"embedded": True} if embedded else {}
+    if max(depth, n_votes) == 0:  # no query label occurs in the gallery (or an empty gallery)
+        similarities, ranked = None, np.empty((len(y), 0), dtype=np.intp)
+    elif vote:
+        similarities, ranked = retriever.search(X, max(depth, n_votes), **keywords)
     else:
-        ranked = np.asarray(retriever.kneighbors(X, n_neighbors=depth, return_distance=False))
+        ranked = np.asarray(retriever.kneighbors(X, n_neighbors=depth, return_distance=False, **keywords))
     if len(ranked) != len(y):
         raise ValueError(f"X has {len(ranked)} queries but y has {len(y)} labels; they must match.")
-    return _label_ranking(y, gallery_labels, ranked, depth, caller="scorer", n_relevant=n_relevant)
+    ranking = _label_ranking(
+        y, gallery_labels, ranked[:, :depth], depth, caller="scorer", n_relevant=n_relevant
+    )
+    if not vote:
+        return ranking
+    return ranking, retriever._predict_neighbours(similarities[:, :n_votes], ranked[:, :n_votes])

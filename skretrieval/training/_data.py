@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._encoding import _preprocess_batch
+from .._encoding import _preprocess_batch, output_features
 
 
 class CachedFeatures:
@@ -89,10 +89,7 @@ class Images:
         return x
 
     def backbone(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.encoder(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.flatten(1) if out.ndim > 2 else out
+        return output_features(self.encoder(x))
 
     def modules(self) -> list:
         return [self.encoder]

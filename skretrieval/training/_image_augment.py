@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 
 def random_resized_crop(x: torch.Tensor, rng: np.random.Generator, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -23,6 +22,8 @@ def random_resized_crop(x: torch.Tensor, rng: np.random.Generator, scale=(0.6, 1
     >>> random_resized_crop(torch.rand(2, 3, 16, 16), np.random.default_rng(0)).shape
     torch.Size([2, 3, 16, 16])
     """
+    from torchvision.transforms.v2 import functional as TF  # torchvision only when training
+
     height, width = x.shape[-2:]
     out = torch.empty_like(x)
     for i in range(len(x)):

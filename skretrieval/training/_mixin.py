@@ -13,6 +13,7 @@ from torch import nn
 from .._sklearn_compat import Interval, StrOptions
 from ..heads import HEAD_NAMES, Projection, build_head, head_options
 from ..heads._registry import _losses
+from .._neighbors import _aligned_labels
 from ..io import FeatureInput, read_input
 from ..search import get_similarity
 from ._batch_augments import build_batch_augments
@@ -98,14 +99,15 @@ class FineTuneMixin:
 
     def _fit_embedding_images(self, X, y, warm: bool) -> None:
         """``fine_tune="all"``: train ``encoder_`` and the projection on the images of ``X``."""
-        source = read_input(X)
+        source = read_input(X, on_error=self.on_error)
         if isinstance(source, FeatureInput):
             raise ValueError(
                 "fine_tune='all' trains the encoder on images, but X is a feature matrix; pass "
                 "images, or use fine_tune='head'."
             )
-        images, source_labels = load_images(source, self.batch_size)
-        codes, n_classes = self._training_codes(source_labels if y is None else y, len(images), warm)
+        images, source_labels = load_images(source, self.batch_size)  # unreadable files left out
+        labels = source_labels if y is None else _aligned_labels(y, len(images), source.skipped)
+        codes, n_classes = self._training_codes(labels, len(images), warm)
         self.encoder_.requires_grad_(True)
         transform = build_train_transform(self.train_transform)
         data = Images(images, self.encoder_, self.preprocessing_, transform, self.device_)

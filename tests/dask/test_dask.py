@@ -11,7 +11,9 @@ distributed = pytest.importorskip("distributed", reason="needs the dask extra: p
 
 import dask.array as da  # noqa: E402
 import dask.bag as db  # noqa: E402
+from helpers import TinyEncoder  # noqa: E402
 from joblib import parallel_backend  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.model_selection import GridSearchCV  # noqa: E402
 
 from skretrieval import ImageRetriever  # noqa: E402
@@ -71,6 +73,63 @@ def test_from_retriever_and_partial_fit(client):
         np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(sharded.predict(Q), full.predict(Q))
     np.testing.assert_array_equal(sharded.classes_, full.classes_)
+
+
+def _image_files(folder, n, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        colour = np.array([[220, 30, 30], [30, 200, 40], [40, 50, 210]])[i % 3]
+        pixels = np.clip(colour + rng.integers(-60, 60, (10, 10, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+        paths.append(str(folder / f"{i:03d}.png"))
+    return paths, np.arange(n) % 3
+
+
+@pytest.mark.parametrize("head", [None, "arcface"])
+def test_images_skipped_queries_and_add_agree(client, tmp_path, head):
+    """One core: the sharded retriever answers every query exactly as ImageRetriever does."""
+    paths, y = _image_files(tmp_path / "gallery", 30)
+    new_paths, new_y = _image_files(tmp_path / "new", 7, seed=1)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    bad = str(tmp_path / "bad.png")
+    params = dict(preprocessing={"size": 8}, device="cpu", on_error="skip", topk=3, random_state=0)
+    if head:
+        params.update(head=head, embedding_dim=4, max_epochs=2)
+    single = ImageRetriever(TinyEncoder(), **params).fit(paths, y)
+    sharded = ShardedRetriever(ImageRetriever(TinyEncoder(), **params), n_shards=3).fit(paths, y, client=client)
+    single.add([new_paths[0], bad, *new_paths[1:]], [new_y[0], 0, *new_y[1:]])
+    sharded.add([new_paths[0], bad, *new_paths[1:]], [new_y[0], 0, *new_y[1:]])
+    assert list(sharded.prototype_ids_) == list(single.prototype_ids_) == paths + new_paths
+    assert [p for _, p, _ in sharded.skipped_] == [p for _, p, _ in single.skipped_] == [bad]
+    queries = [paths[4], bad, new_paths[2], paths[17]]
+    for expected, got in zip(single.kneighbors(queries, 5), sharded.kneighbors(queries, 5)):
+        np.testing.assert_array_equal(got, expected)
+    assert (sharded.kneighbors(queries, 5)[1][1] == -1).all()
+    np.testing.assert_array_equal(sharded.predict(queries), single.predict(queries))
+    np.testing.assert_array_equal(sharded.predict_proba(queries), single.predict_proba(queries))
+    np.testing.assert_array_equal(sharded.transform(queries), single.transform(queries))
+    embedded = single.transform(queries)
+    np.testing.assert_array_equal(
+        sharded.kneighbors(embedded, 5, embedded=True)[1], single.kneighbors(queries, 5)[1]
+    )
+    for expected, got in zip(single.kneighbors(None, 4), sharded.kneighbors(None, 4)):
+        np.testing.assert_array_equal(got, expected)
+    radius = float(np.median(single.kneighbors(queries, 5)[0][[0, 2, 3]]))
+    for sort in (False, True):
+        for expected, got in zip(
+            single.radius_neighbors(queries, radius, sort_results=sort),
+            sharded.radius_neighbors(queries, radius, sort_results=sort),
+        ):
+            for e, g in zip(expected, got):
+                np.testing.assert_array_equal(g, e)
+    assert (sharded.radius_neighbors_graph(None, radius) != single.radius_neighbors_graph(None, radius)).nnz == 0
+    assert (sharded.kneighbors_graph(queries, 2, mode="distance") != single.kneighbors_graph(queries, 2, mode="distance")).nnz == 0
+    similarity = float(1 - radius)
+    assert [g.tolist() for g in sharded.find_duplicates(similarity)] == [
+        g.tolist() for g in single.find_duplicates(similarity)
+    ]
 
 
 def test_import_skretrieval_does_not_import_dask():

@@ -134,3 +134,40 @@ def test_directory_and_empty_gallery_after_skips(tmp_path):
 def test_on_error_is_validated():
     with pytest.raises(ValueError, match="on_error"):
         ImageRetriever("precomputed", on_error="ignore").fit(np.eye(3))
+
+
+def test_add_leaves_unreadable_files_out(tmp_path):
+    """Regression: add(on_error="skip") appended an all-NaN row, and later queries raised."""
+    good = sorted(map(str, _good_files(tmp_path / "good").values()))
+    bad = sorted(map(str, _bad_files(tmp_path / "bad")))
+    params = {"preprocessing": {"size": 8}, "device": "cpu", "topk": 1}
+    model = ImageRetriever(TinyEncoder(), on_error="skip", **params).fit(good[:3], ["a", "b", "c"])
+    added = [bad[0], good[3], bad[1], good[4]]
+    model.add(added, ["x0", "d", "x1", "e"])
+    reference = ImageRetriever(TinyEncoder(), **params).fit(good[:5], ["a", "b", "c", "d", "e"])
+    np.testing.assert_array_equal(model.prototype_, reference.prototype_)
+    assert np.isfinite(model.prototype_).all()
+    assert list(model.prototype_labels_) == ["a", "b", "c", "d", "e"]
+    assert list(model.prototype_ids_) == good[:5]
+    assert [(i, p) for i, p, _ in model.skipped_] == [(0, bad[0]), (2, bad[1])]
+    assert list(model.predict(good[:5])) == ["a", "b", "c", "d", "e"]
+    np.testing.assert_array_equal(model.kneighbors(good, 2)[1], reference.kneighbors(good, 2)[1])
+
+
+def test_fine_tune_all_follows_on_error(tmp_path):
+    """Regression: fine_tune="all" read the images without on_error and raised on a bad file."""
+    good = sorted(map(str, _good_files(tmp_path / "good").values()))
+    bad = sorted(map(str, _bad_files(tmp_path / "bad")))
+    X = [good[0], bad[0], good[1], good[2], bad[1], good[3]]
+    y = [0, 9, 1, 0, 9, 1]
+    params = dict(
+        preprocessing={"size": 8}, device="cpu", head="linear", fine_tune="all", max_epochs=1,
+        random_state=0, batch_size=2,
+    )
+    with pytest.raises(ValueError, match="cannot|truncated"):
+        ImageRetriever(TinyEncoder(), **params).fit(X, y)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable"):
+        model = ImageRetriever(TinyEncoder(), on_error="warn", **params).fit(X, y)
+    reference = ImageRetriever(TinyEncoder(), **params).fit(good[:4], [0, 1, 0, 1])
+    assert list(model.prototype_ids_) == good[:4]
+    np.testing.assert_allclose(model.prototype_, reference.prototype_, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import TinyEncoder
 from PIL import Image
+from sklearn.model_selection import GridSearchCV
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from skretrieval import ImageEncoder, ImageRetriever
@@ -158,3 +160,57 @@ def test_empty_directory(tiny_encoder, tmp_path):
 def test_precomputed_refuses_images():
     with pytest.raises(ValueError, match="encoder='precomputed' expects X to be a 2-D feature matrix"):
         ImageRetriever("precomputed").fit(np.zeros((2, 4, 4, 3)))
+
+
+def test_numpy_string_array_of_paths_is_image_files(tmp_path):
+    """Regression: np.array(paths) (and prototype_ids_ slices) were taken as features."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    model = ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu").fit(paths)
+    np.testing.assert_array_equal(model.transform(np.array(paths)), model.transform(paths))
+    np.testing.assert_array_equal(model.kneighbors(model.prototype_ids_[:2], 1)[1], [[0], [1]])
+    # an object array of paths keeps on_error
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    mixed = np.array([paths[0], str(tmp_path / "bad.png")], dtype=object)
+    skipping = ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu", on_error="skip").fit(paths)
+    assert np.isnan(skipping.transform(mixed)[1]).all()
+
+
+def test_grid_search_over_a_numpy_array_of_paths(tmp_path):
+    rng = np.random.default_rng(1)
+    paths, labels = [], []
+    for i in range(12):
+        colour = np.array([[230, 20, 20], [20, 230, 20]])[i % 2]
+        pixels = np.clip(colour + rng.integers(-20, 20, (10, 10, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i:02d}.png")
+        paths.append(str(tmp_path / f"{i:02d}.png"))
+        labels.append(i % 2)
+    search = GridSearchCV(
+        ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu"),
+        {"topk": [1, 3]}, cv=2, error_score="raise",
+    ).fit(np.array(paths), labels)
+    assert search.best_score_ == 1.0
+
+
+def test_one_hwc_image_is_refused_with_the_fix():
+    """Regression: a single (H, W, 3) image was read as H grayscale images."""
+    image = np.zeros((20, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"one \(H, W, C\) image.*X\[None\]"):
+        read_input(image)
+    assert read_input(image[None]).n == 1
+
+
+def test_uint16_arrays_are_16_bit_images(tmp_path):
+    """Regression: uint16 arrays crashed inside torch; they read as the same 16-bit PNG does."""
+    grey16 = np.random.default_rng(3).integers(0, 65536, (9, 11), dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    encoder = ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu").fit([str(tmp_path / "grey16.png")])
+    from_file = encoder.transform([str(tmp_path / "grey16.png")])
+    np.testing.assert_allclose(encoder.transform(grey16[None]), from_file, rtol=1e-6)
+    np.testing.assert_allclose(encoder.transform([grey16]), from_file, rtol=1e-6)
+    tensor = torch.from_numpy(grey16.astype(np.int32)).to(torch.uint16)[None, None]
+    np.testing.assert_allclose(encoder.transform(tensor), from_file, rtol=1e-6)

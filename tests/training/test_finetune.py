@@ -211,3 +211,20 @@ def test_pretrained_encoder_full_fine_tuning_keeps_batchnorm_statistics():
     assert changed  # affine weights trained, statistics kept
     assert not retriever.encoder_.training
     np.testing.assert_allclose(retriever.transform(images), retriever.prototype_, rtol=1e-4, atol=1e-5)
+
+
+def test_encoder_with_spatial_output_is_refused_before_training(colour_images, tiny_prep):
+    """Regression: a (N, C, H, W) output trained under fine_tune='all' (training flattened
+    it), then fit failed in inference; one rule now refuses it before any training."""
+    images, labels = colour_images
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)  # (N, 4, 8, 8): not features
+    for fine_tune in ("all", "head"):
+        model = ImageRetriever(conv, preprocessing=tiny_prep, device="cpu", head="linear",
+                               fine_tune=fine_tune, max_epochs=1)
+        with pytest.raises(ValueError, match=r"returned shape \(\d+, 4, 8, 8\).*\(N, D\)"):
+            model.fit(images, labels)
+        assert not hasattr(model, "n_iter_")
+    pooled = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool2d(1))  # (N, 4, 1, 1): flattened
+    model = ImageRetriever(pooled, preprocessing=tiny_prep, device="cpu", head="linear",
+                           fine_tune="all", max_epochs=1, random_state=0).fit(images, labels)
+    assert model.prototype_.shape == (24, 4) and model.n_iter_ == 1

@@ -1,0 +1,541 @@
+"""The gallery and the queries against it, written once for every retriever.
+
+:class:`GalleryMixin` holds what every retriever does with a fitted gallery: labels, ids
+and classes, adding items, turning queries into features, rows of unreadable queries,
+``search``/``kneighbors``/``radius_neighbors``, their graphs, ``find_duplicates`` and the
+label vote. A retriever says only how its gallery is stored and searched (the split of
+scikit-learn's ``NeighborsBase``/``KNeighborsMixin``/``KNeighborsClassifier``):
+
+* ``_settings``: the estimator whose ``similarity_fn``, ``topk``, ``vote``,
+  ``working_memory`` and encoder apply (the retriever itself, or the one a sharded gallery
+  wraps);
+* ``_n_gallery()``: the number of gallery rows;
+* ``_gallery_topk(queries, k)``: similarities and rows of the ``k`` best matches of each
+  query (``queries`` None: the gallery against itself, no row its own match);
+* ``_gallery_radius(queries, radius, sort_results)``: as ``radius_neighbors``;
+* ``_append_gallery(features)``: store embedded rows after the existing ones.
+
+The representation rule
+-----------------------
+``fit`` takes images or features in the encoder's space. Every query method takes what
+``fit`` takes: images, or a 2-D matrix of encoder features, which a fitted head then
+projects. ``transform`` returns the embedding, the space of ``prototype_``. Embeddings
+(``transform``'s output, or ``prototype_`` rows) are searched with ``embedded=True`` of
+``search``, ``kneighbors`` and ``radius_neighbors``, which skips encoding and the head.
+Without a head the two spaces are one, and ``embedded`` changes nothing.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
+
+from ._vote import class_probabilities, plurality_vote, vote_weights
+from .search import get_similarity
+
+
+class GalleryMixin:
+    """Fitted gallery state and every query against it (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skretrieval import ImageRetriever
+    >>> from skretrieval._neighbors import GalleryMixin
+    >>> retriever = ImageRetriever("precomputed", topk=1).fit(np.eye(2), ["a", "b"])
+    >>> isinstance(retriever, GalleryMixin), retriever.predict([[0.9, 0.1]])
+    (True, array(['a'], dtype='<U1'))
+    """
+
+    @property
+    def _settings(self):
+        return self
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def transform(self, X):
+        """Feature vectors of ``X``, as the gallery was encoded: the embedding with a head.
+
+        Parameters
+        ----------
+        X : images or features
+            Any input :meth:`fit` accepts.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features), float32
+            Rows of unreadable images (``on_error="skip"``/``"warn"``) are all NaN. Search
+            these rows with ``embedded=True``; passed without it, they would be projected
+            by a head a second time.
+        """
+        check_is_fitted(self)
+        return self._query_features(X)
+
+    def search(self, X=None, k=None, *, embedded=False):
+        """The ``k`` most similar gallery items per query: similarities, best first.
+
+        The similarity view of :meth:`kneighbors` (the origin's ``matching``): larger means
+        more similar, sorted descending; ties go to the lower gallery index.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None queries the gallery against itself, excluding each item itself.
+        k : int, default=None
+            Items per query; ``topk`` when None, ``-1`` for all.
+        embedded : bool, default=False
+            ``X`` already is embeddings (:meth:`transform`'s output): searched as they are,
+            neither encoded nor projected by the head.
+
+        Returns
+        -------
+        similarities : ndarray of shape (n_queries, k), float32
+            ``-inf`` in the rows of unreadable queries.
+        indices : ndarray of shape (n_queries, k), int64
+            Rows of ``prototype_``; ``prototype_ids_[indices]`` names the items. ``-1`` in
+            the rows of unreadable queries.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed").fit(np.eye(3))
+        >>> similarities, indices = retriever.search([[0.0, 1.0, 0.0]], k=2)
+        >>> similarities.round(3), indices
+        (array([[1., 0.]], dtype=float32), array([[1, 0]]))
+        """
+        check_is_fitted(self)
+        queries = None if X is None else self._query_features(X, embedded=embedded)
+        return self._search(queries, k)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True, *, embedded=False):
+        """Nearest gallery items of each query, as ``NearestNeighbors.kneighbors``.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None queries the gallery against itself, and no item is its own
+            neighbour.
+        n_neighbors : int, default=None
+            Neighbours per query; ``topk`` when None, ``-1`` for all.
+        return_distance : bool, default=True
+            Whether to return the distances too.
+        embedded : bool, default=False
+            ``X`` already is embeddings (:meth:`transform`'s output), searched as they are.
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries, n_neighbors), float32
+            Ascending distances: ``1 - cos`` (cosine), ``||a - b||`` (euclidean), ``-a.b``
+            (dot), ``-s`` (callable); ``inf`` in the rows of unreadable queries. Only when
+            ``return_distance=True``.
+        neigh_ind : ndarray of shape (n_queries, n_neighbors), int64
+            Rows of ``prototype_``; ``-1`` in the rows of unreadable queries.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.kneighbors(n_neighbors=1)
+        (array([[1.],
+               [1.],
+               [2.]], dtype=float32), array([[1],
+               [0],
+               [1]]))
+        """
+        similarities, indices = self.search(X, n_neighbors, embedded=embedded)
+        if not return_distance:
+            return indices
+        return self._similarity().to_distance(similarities), indices
+
+    def radius_neighbors(
+        self, X=None, radius=None, return_distance=True, sort_results=False, *, embedded=False
+    ):
+        """Gallery items within a distance of each query, as ``NearestNeighbors.radius_neighbors``.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None queries the gallery against itself, and no item is its own
+            neighbour.
+        radius : float
+            Largest distance returned, as :meth:`kneighbors` defines distances (``1 - cos``
+            for cosine, ``||a - b||`` for euclidean, ``-a.b`` for dot, ``-s`` for a callable).
+        return_distance : bool, default=True
+            Whether to return the distances too.
+        sort_results : bool, default=False
+            Sort each query's neighbours by distance (ties by index); otherwise by index.
+        embedded : bool, default=False
+            ``X`` already is embeddings (:meth:`transform`'s output), searched as they are.
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries,), dtype=object
+            One float32 array of distances per query (empty for an unreadable query). Only
+            when ``return_distance=True``.
+        neigh_ind : ndarray of shape (n_queries,), dtype=object
+            One int64 array of ``prototype_`` rows per query.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.radius_neighbors([[0.5]], radius=1.0, return_distance=False)[0]
+        array([0, 1])
+        """
+        check_is_fitted(self)
+        if radius is None:
+            raise ValueError("radius_neighbors needs a radius (a distance, as kneighbors returns).")
+        queries = None if X is None else self._query_features(X, embedded=embedded)
+        if queries is None:
+            distances, indices = self._gallery_radius(None, float(radius), sort_results)
+        else:
+            valid = _readable(queries)
+            distances, indices = _empty_rows(len(queries), np.float32), _empty_rows(len(queries), np.int64)
+            if valid.any():
+                distances[valid], indices[valid] = self._gallery_radius(
+                    queries[valid], float(radius), sort_results
+                )
+        return (distances, indices) if return_distance else indices
+
+    def kneighbors_graph(self, X=None, n_neighbors=None, mode="connectivity"):
+        """Sparse graph of each query's nearest gallery items, as ``NearestNeighbors``.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None: the gallery against itself, without self-loops.
+        n_neighbors : int, default=None
+            Neighbours per query; ``topk`` when None.
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Ones, or the distances of :meth:`kneighbors`.
+
+        Returns
+        -------
+        graph : sparse matrix of shape (n_queries, n_gallery), CSR
+            Rows of unreadable queries are empty.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.kneighbors_graph(n_neighbors=1).toarray()
+        array([[0., 1., 0.],
+               [1., 0., 0.],
+               [0., 1., 0.]])
+        """
+        _check_graph_mode(mode)
+        distances, indices = self.kneighbors(X, n_neighbors)
+        found = indices >= 0
+        data = np.ones(int(found.sum())) if mode == "connectivity" else distances[found]
+        indptr = np.concatenate([[0], np.cumsum(found.sum(axis=1))])
+        return sp.csr_matrix((data, indices[found], indptr), shape=(len(indices), self._n_gallery()))
+
+    def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
+        """Sparse graph of the gallery items within ``radius`` of each query.
+
+        Parameters
+        ----------
+        X : images or features, default=None
+            Queries; None: the gallery against itself, without self-loops.
+        radius : float
+            Largest distance, as in :meth:`radius_neighbors`.
+        mode : {"connectivity", "distance"}, default="connectivity"
+            Ones, or the distances.
+        sort_results : bool, default=False
+            Store each row's entries by increasing distance (``mode="distance"`` only).
+
+        Returns
+        -------
+        graph : sparse matrix of shape (n_queries, n_gallery), CSR
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", similarity_fn="euclidean").fit([[0.0], [1.0], [3.0]])
+        >>> retriever.radius_neighbors_graph(radius=1.5).toarray()
+        array([[0., 1., 0.],
+               [1., 0., 0.],
+               [0., 0., 0.]])
+        """
+        _check_graph_mode(mode)
+        if sort_results and mode != "distance":
+            raise ValueError("sort_results=True needs mode='distance', as in scikit-learn.")
+        distances, indices = self.radius_neighbors(X, radius, sort_results=sort_results)
+        counts = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        columns = np.concatenate([*indices, np.empty(0, np.int64)])
+        data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
+        return sp.csr_matrix((data, columns, indptr), shape=(len(indices), self._n_gallery()))
+
+    def find_duplicates(self, min_similarity: float = 0.9) -> list[np.ndarray]:
+        """Groups of near-identical gallery items.
+
+        Two items are linked when their similarity is at least ``min_similarity`` (exactly,
+        in float32); a group is a connected component of those links (so two members may be
+        less similar, through a chain), found with :func:`scipy.sparse.csgraph.connected_components`.
+
+        Parameters
+        ----------
+        min_similarity : float, default=0.9
+            On the scale of ``similarity_fn`` (``-distance`` for euclidean).
+
+        Returns
+        -------
+        groups : list of ndarray of int64
+            Rows of ``prototype_``, ascending within a group; groups ordered by their first
+            row. Items without a duplicate are left out.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> gallery = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, 2.0], [1.0, 1.0]]
+        >>> ImageRetriever("precomputed").fit(gallery).find_duplicates(0.99)
+        [array([0, 2]), array([1, 3])]
+        """
+        from scipy.sparse.csgraph import connected_components
+
+        check_is_fitted(self)
+        radius = float(self._similarity().to_distance(np.float32(min_similarity)))
+        graph = self.radius_neighbors_graph(radius=radius)
+        _, component = connected_components(graph, directed=False)
+        sizes = np.bincount(component)
+        order = np.argsort(component, kind="stable")
+        groups = np.split(order, np.cumsum(sizes)[:-1])
+        return [group for group in groups if len(group) > 1]
+
+    def predict(self, X):
+        """Label of each query by a vote of its ``topk`` most similar gallery items.
+
+        Parameters
+        ----------
+        X : images or features
+            Queries.
+
+        Returns
+        -------
+        y_pred : ndarray of shape (n_queries,)
+            Labels from ``classes_``; gallery indices when fitted without ``y``. An
+            unreadable query (``on_error``) gets None (the result then has dtype object).
+
+        Examples
+        --------
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0], [0.0, 1.0]], ["a", "b"])
+        >>> retriever.predict([[0.2, 0.8]])
+        array(['b'], dtype='<U1')
+        """
+        check_is_fitted(self)
+        return self._predict_neighbours(*self._search(self._query_features(X), None))
+
+    def _predict_neighbours(self, similarities, indices):
+        """``predict`` from each query's ranked neighbours (``search``'s output)."""
+        codes, weights = self._vote_weights(similarities, indices)
+        missing = codes[:, 0] < 0
+        if not missing.any():
+            return self.classes_[plurality_vote(codes, weights)]
+        y_pred = np.full(len(codes), None, dtype=object)
+        if not missing.all():
+            y_pred[~missing] = self.classes_[plurality_vote(codes[~missing], weights[~missing])]
+        return y_pred
+
+    def predict_proba(self, X):
+        """Vote shares of every class among the ``topk`` neighbours.
+
+        Parameters
+        ----------
+        X : images or features
+            Queries.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_queries, n_classes)
+            Rows sum to 1; columns follow ``classes_`` (the gallery items when fitted
+            without ``y``). An unreadable query's row is NaN.
+
+        Examples
+        --------
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=2).fit([[1.0, 0.0], [0.0, 1.0]], ["a", "b"])
+        >>> retriever.predict_proba([[0.2, 0.8]])
+        array([[0.5, 0.5]])
+        """
+        check_is_fitted(self)
+        codes, weights = self._vote_weights(*self._search(self._query_features(X), None))
+        missing = codes[:, 0] < 0
+        if not missing.any():
+            return class_probabilities(codes, weights, len(self.classes_))
+        proba = np.full((len(codes), len(self.classes_)), np.nan)
+        if not missing.all():
+            proba[~missing] = class_probabilities(codes[~missing], weights[~missing], len(self.classes_))
+        return proba
+
+    # -- the gallery -------------------------------------------------------------------------
+
+    def add(self, X, y=None):
+        """Append items to the gallery, encoding only the new ones.
+
+        Unreadable image files (``on_error="skip"``/``"warn"``) are left out, as in
+        :meth:`fit`, and listed at the end of ``skipped_`` (their index is within this
+        ``X``); ``y`` stays aligned.
+
+        Parameters
+        ----------
+        X : images or features
+            New gallery items, in any form :meth:`fit` accepts.
+        y : array-like of shape (n_new,), default=None
+            Their labels. Needed when the gallery was fitted with labels (unless ``X``
+            carries them); without, new items continue the ``arange`` labels.
+
+        Returns
+        -------
+        self : object
+            ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` are extended (and
+            the gallery features); the result equals fitting on the concatenated gallery.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0]], ["a"])
+        >>> retriever.add([[0.0, 1.0]], ["b"]).predict([[0.1, 0.9]])
+        array(['b'], dtype='<U1')
+        """
+        check_is_fitted(self)
+        settings = self._settings
+        features, labels, ids, skipped = settings._encode_input(X, reset=False, keep_rows=False)
+        features = self._check_width(settings._embed(features))
+        n_old, n_new = self._n_gallery(), len(features)
+        if y is not None:
+            labels = _aligned_labels(y, n_new, skipped)
+        if labels is None:
+            if not np.array_equal(self.prototype_labels_, np.arange(n_old)):
+                raise ValueError(
+                    "the gallery was fitted with labels, so add needs y for the new items too; "
+                    "pass the labels of the new items (add(X, y))."
+                )
+            labels = np.arange(n_old, n_old + n_new)
+        ids = np.arange(n_old, n_old + n_new) if ids is None else np.asarray(ids)
+        self._append_gallery(features)
+        self._set_gallery(
+            _concatenate(self.prototype_labels_, np.asarray(labels)),
+            _concatenate(self.prototype_ids_, ids),
+        )
+        self.skipped_ = [*getattr(self, "skipped_", []), *skipped]
+        return self
+
+    def _set_gallery(self, labels, ids) -> None:
+        self.prototype_labels_ = np.asarray(labels)
+        self.prototype_ids_ = np.asarray(ids)
+        self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _similarity(self):
+        return get_similarity(self._settings.similarity_fn)
+
+    def _query_features(self, X, *, embedded: bool = False) -> np.ndarray:
+        """Queries as gallery-space rows; unreadable images' rows are all NaN."""
+        settings = self._settings
+        if embedded:
+            features = settings._encode_input(X, reset=False, embedded=True)[0]
+        else:
+            features = settings._encode_input(X, reset=False)[0]
+            valid = _readable(features)
+            if valid.all():
+                features = settings._embed(features)
+            else:  # a head never sees the NaN rows of unreadable queries
+                rows = settings._embed(features[valid]) if valid.any() else None
+                width = self._n_features() if rows is None else rows.shape[1]
+                features = np.full((len(features), width), np.nan, np.float32)
+                if rows is not None:
+                    features[valid] = rows
+        return self._check_width(features)
+
+    def _check_width(self, features: np.ndarray) -> np.ndarray:
+        if features.shape[1] != self._n_features():
+            raise ValueError(
+                f"X has {features.shape[1]} features, but the gallery of {type(self).__name__} has "
+                f"{self._n_features()}; query with the same encoder (or feature size) as fit"
+                " (and embedded=True only for embeddings, transform's output)."
+            )
+        return features
+
+    def _search(self, queries, k):
+        exclude_self = queries is None
+        k = self._resolve_k(self._settings.topk if k is None else k, exclude_self)
+        if exclude_self:
+            return self._gallery_topk(None, k)
+        valid = _readable(queries)
+        if valid.all():
+            return self._gallery_topk(queries, k)
+        similarities = np.full((len(queries), k), -np.inf, np.float32)
+        indices = np.full((len(queries), k), -1, np.int64)
+        if valid.any():
+            similarities[valid], indices[valid] = self._gallery_topk(queries[valid], k)
+        return similarities, indices
+
+    def _resolve_k(self, k, exclude_self: bool) -> int:
+        available = self._n_gallery() - int(exclude_self)
+        if not isinstance(k, Integral) or isinstance(k, bool) or (k < 1 and k != -1):
+            raise ValueError(f"n_neighbors must be a positive int or -1 (all); got {k!r}.")
+        k = available if k == -1 else int(k)
+        if k > available:
+            whose = "the gallery minus the query itself" if exclude_self else "the gallery"
+            raise ValueError(
+                f"{k} neighbours requested (topk/n_neighbors), but {whose} holds only {available} "
+                f"item(s); lower topk or n_neighbors, or use -1 for all."
+            )
+        if k < 1:
+            raise ValueError("the gallery holds a single item, which has no neighbour but itself.")
+        return k
+
+    def _vote_weights(self, similarities, indices):
+        """Class codes and vote weights of ranked neighbours; codes -1 for unreadable queries."""
+        codes = np.where(indices < 0, -1, self._label_codes[np.maximum(indices, 0)])
+        return codes, vote_weights(self._settings.vote, np.where(indices < 0, 0, similarities))
+
+
+def _readable(features: np.ndarray) -> np.ndarray:
+    """Rows that are not the NaN placeholders of unreadable queries."""
+    return ~np.isnan(features).any(axis=1)
+
+
+def _empty_rows(n: int, dtype) -> np.ndarray:
+    """An object array of ``n`` empty arrays (radius results of unreadable queries)."""
+    rows = np.empty(n, dtype=object)
+    for i in range(n):
+        rows[i] = np.empty(0, dtype)
+    return rows
+
+
+def _aligned_labels(y, n: int, skipped) -> np.ndarray:
+    """``y`` of ``n`` kept items: labels of skipped files removed when ``y`` covered them."""
+    labels = column_or_1d(y, warn=True)
+    if skipped and len(labels) == n + len(skipped):
+        labels = np.delete(labels, [index for index, _, _ in skipped])
+    if len(labels) != n:
+        raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
+    check_classification_targets(labels)
+    return labels
+
+
+def _check_graph_mode(mode) -> None:
+    if mode not in ("connectivity", "distance"):
+        raise ValueError(f"mode={mode!r} is not supported; use 'connectivity' or 'distance'.")
+
+
+def _concatenate(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Append labels or ids; mixed kinds (e.g. paths after integers) become objects."""
+    if old.dtype.kind != new.dtype.kind and not {old.dtype.kind, new.dtype.kind} <= {"i", "u"}:
+        old, new = old.astype(object), new.astype(object)
+    return np.concatenate([old, new])
