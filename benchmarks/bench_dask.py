@@ -50,7 +50,7 @@ def main():
     from dask.utils import parse_bytes
     from distributed import Client, LocalCluster
 
-    from skretrieval import ImageRetriever
+    from skretrieval import ImageEncoder, ImageRetriever
     from skretrieval.dask import ShardedRetriever
     from skretrieval.dask._sharded import _merge, _shard_topk
 
@@ -65,7 +65,10 @@ def main():
     print(f"gallery {args.n_gallery} x {args.dim} float32 = {gallery_mib:.0f} MiB; "
           f"worker memory limit {limit_mib:.0f} MiB; {args.n_queries} queries, k={args.k}")
 
-    single = ImageRetriever("precomputed", topk=args.k, device="cpu", working_memory=64)
+    single = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        topk=args.k, working_memory=64,
+    )
     single.fit(gallery, labels)
     t_single, expected = _median_time(lambda: single.kneighbors(queries), args.repeat)
 

@@ -122,7 +122,10 @@ def demo_check(device: str) -> None:
     ]
     for name, params in configs:
         start = time.perf_counter()
-        retriever = ImageRetriever(batch_size=BATCH, device=device, **params).fit(X_gallery, y_gallery)
+        retriever = ImageRetriever(
+            ImageEncoder(batch_size=BATCH, device=device),
+            **params,
+        ).fit(X_gallery, y_gallery)
         metrics = ["recall@1", "recall@5", "accuracy"]
         report = retrieval_report(retriever, X_query, y_query, metrics, output_dict=True)
         seconds = time.perf_counter() - start
@@ -150,7 +153,10 @@ def splits_check(device: str, n_splits: int = 10) -> None:
     for seed in range(n_splits):
         gallery, queries = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y, random_state=seed)
         for precision, F in features.items():
-            model = ImageRetriever("precomputed", topk=5, device=device).fit(F[gallery], y[gallery])
+            model = ImageRetriever(
+                ImageEncoder("precomputed", device=device),
+                topk=5,
+            ).fit(F[gallery], y[gallery])
             nearest = model.kneighbors(F[queries], 5, return_distance=False)
             hits = y[gallery][nearest] == y[queries][:, None]
             scores[precision].append((hits[:, 0].mean(), hits.any(1).mean(), model.score(F[queries], y[queries])))

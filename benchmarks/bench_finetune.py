@@ -27,7 +27,7 @@ from sklearn.model_selection import train_test_split
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
-from skretrieval import ImageRetriever  # noqa: E402
+from skretrieval import ImageEncoder, ImageRetriever  # noqa: E402
 
 CONFIGS = {
     "frozen": {},
@@ -53,13 +53,13 @@ def main():
     X_train, X_test, y_train, y_test = train_test_split(
         digits.images / 16.0, digits.target, test_size=0.25, stratify=digits.target, random_state=0
     )
-    common = {"preprocessing": {"size": args.size}, "device": args.device, "batch_size": 64}
+    encoding = ImageEncoder(preprocessing={"size": args.size}, device=args.device, batch_size=64)
     results = {}
     for name, params in CONFIGS.items():
         scores, times = [], []
         for seed in args.seeds:
             start = time.perf_counter()
-            retriever = ImageRetriever(**common, **params, random_state=seed).fit(X_train, y_train)
+            retriever = ImageRetriever(encoding, **params, random_state=seed).fit(X_train, y_train)
             times.append(time.perf_counter() - start)
             scores.append(recall_at_1(retriever, X_test, y_test, y_train))
             print(f"  {name:6s} seed {seed}: Recall@1 {scores[-1]:.4f}, fit {times[-1]:.1f} s", flush=True)

@@ -19,7 +19,7 @@ from sklearn.model_selection import GridSearchCV
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
-from skretrieval import ImageRetriever  # noqa: E402
+from skretrieval import ImageEncoder, ImageRetriever  # noqa: E402
 from skretrieval.metrics import get_scorer  # noqa: E402
 
 
@@ -34,16 +34,16 @@ def main():
     digits = load_digits()
     X, y = digits.images[: args.n_images] / 16.0, digits.target[: args.n_images]
     prep = None if args.image_size is None else {"size": args.image_size}
-    params = dict(preprocessing=prep, device=args.device, batch_size=64)
+    params = dict(preprocessing=prep, device=args.device, batch_size=64)  # the encoding options
 
     start = time.perf_counter()
-    retriever = ImageRetriever(**params).fit(X, y)
+    retriever = ImageRetriever(ImageEncoder(**params)).fit(X, y)
     retriever.score(X, y)
     baseline = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as cache:
         grid = GridSearchCV(
-            ImageRetriever(memory=cache, **params),
+            ImageRetriever(ImageEncoder(memory=cache, **params)),
             {"similarity_fn": ["cosine", "euclidean", "dot"], "topk": [1, 3, 5, 10]},
             cv=3,
             scoring=get_scorer("map@10"),

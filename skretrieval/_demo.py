@@ -41,17 +41,15 @@ def run_demo(encoder="efficientnet_lite0", *, image_size=None, topk=5, batch_siz
     results : dict
         ``recall@1``, ``recall@5``, ``knn_accuracy`` and ``seconds``.
     """
-    from . import ImageRetriever
+    from . import ImageEncoder, ImageRetriever
     from ._device import resolve_device
     from .metrics import retrieval_report
 
     start = time.perf_counter()
     X_gallery, X_query, y_gallery, y_query = load_digit_split()
     preprocessing = None if image_size is None else {"size": image_size}
-    retriever = ImageRetriever(
-        encoder, preprocessing=preprocessing, topk=topk, batch_size=batch_size, device=device,
-        verbose=verbose,
-    )
+    encoding = ImageEncoder(encoder, preprocessing=preprocessing, batch_size=batch_size, device=device)
+    retriever = ImageRetriever(encoding, topk=topk, verbose=verbose)
     if verbose:
         print(f"Encoding {len(X_gallery)} gallery digits with {encoder!r} on {resolve_device(device)} ...")
     retriever.fit(X_gallery, y_gallery)

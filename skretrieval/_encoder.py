@@ -53,11 +53,22 @@ ENCODER_CONSTRAINTS = {
 
 
 class EncoderMixin:
-    """Fitting an encoder and turning any accepted ``X`` into features (shared by estimators)."""
+    """Fitting an encoder and turning any accepted ``X`` into features (shared by estimators).
+
+    The encoding options are read from ``_options``: the estimator itself for
+    :class:`ImageEncoder`, the :class:`ImageEncoder` it composes for a retriever.
+    """
+
+    @property
+    def _options(self):
+        return self
 
     def _fit_encoder(self) -> None:
-        self.device_ = resolve_device(self.device)
-        self.encoder_, self.preprocessing_ = build_encoder(self.encoder, self.weights, self.preprocessing)
+        options = self._options
+        self.device_ = resolve_device(options.device)
+        self.encoder_, self.preprocessing_ = build_encoder(
+            options.encoder, options.weights, options.preprocessing
+        )
         if isinstance(self.encoder_, nn.Module):
             self.encoder_.to(self.device_).eval()
         self._inference_runner = self._new_runner()
@@ -66,8 +77,8 @@ class EncoderMixin:
     def _new_runner(self) -> InferenceRunner:
         checked = fast_paths_checked(self.encoder_)
         return InferenceRunner(
-            self.encoder_, self.device_, self.batch_size,
-            channels_last=checked or self.compile in ("freeze", "inductor"),
+            self.encoder_, self.device_, self._options.batch_size,
+            channels_last=checked or self._options.compile in ("freeze", "inductor"),
             verify=not checked,
         )
 
@@ -75,7 +86,7 @@ class EncoderMixin:
         """The runner of the encoder as fitted, built anew if it is missing or out of date."""
         runner = self.__dict__.get("_inference_runner")
         if runner is None or (runner.encoder, runner.device, runner.batch_size) != (
-            self.encoder_, self.device_, self.batch_size
+            self.encoder_, self.device_, self._options.batch_size
         ):
             runner = self._inference_runner = self._new_runner()
         return runner
@@ -85,8 +96,9 @@ class EncoderMixin:
         if exact:
             return "eager", torch.float32
         is_module = isinstance(self.encoder_, nn.Module)
-        mode = resolve_compile(self.compile, n_images, fast_paths_checked(self.encoder_), is_module)
-        return mode, resolve_encode_precision(self.encode_precision)
+        options = self._options
+        mode = resolve_compile(options.compile, n_images, fast_paths_checked(self.encoder_), is_module)
+        return mode, resolve_encode_precision(options.encode_precision)
 
     def _encode_input(self, X, *, reset: bool, exact: bool = False, keep_rows=None, embedded=False):
         """``(features float32 (n, d), labels or None, ids or None, skipped)`` for any ``X``.
@@ -99,7 +111,8 @@ class EncoderMixin:
         ``embedded``: ``X`` must be a feature matrix, taken as it is (no feature count
         check: embeddings may be narrower than the encoder's features).
         """
-        on_error = getattr(self, "on_error", "raise")
+        options = self._options
+        on_error = options.on_error
         keep_rows = not reset if keep_rows is None else keep_rows
         source = read_input(X, on_error=on_error)
         if isinstance(source, FeatureInput):
@@ -129,8 +142,9 @@ class EncoderMixin:
         try:
             features, labels = encode(
                 source, partial(self._runner(), mode=mode, dtype=dtype), self.preprocessing_,
-                batch_size=self.batch_size, device=self.device_, n_jobs=effective_n_jobs(self.n_jobs),
-                verbose=self.verbose, cache=self._feature_cache(dtype),
+                batch_size=options.batch_size, device=self.device_,
+                n_jobs=effective_n_jobs(options.n_jobs), verbose=options.verbose or self.verbose,
+                cache=self._feature_cache(dtype),
             )
         except ValueError:
             # Every query skipped: a retriever still answers, row for row (its gallery
@@ -165,14 +179,16 @@ class EncoderMixin:
 
     def _feature_cache(self, dtype=torch.float32) -> FeatureCache | None:
         """The ``memory`` cache for the encoder as it is now (None when not caching)."""
-        location = cache_location(self.memory)
+        location = cache_location(self._options.memory)
         if location is None:
             return None
         # Hashed once per fit (the weights change only there), filled in place on first use.
         variant = None if dtype == torch.float32 else str(dtype)
         memo = self.__dict__.setdefault("_fingerprints", {})
         if variant not in memo:
-            memo[variant] = encoder_fingerprint(self.encoder_, self.preprocessing_, self.cache_key, variant=variant)
+            memo[variant] = encoder_fingerprint(
+                self.encoder_, self.preprocessing_, self._options.cache_key, variant=variant
+            )
         fingerprint = memo[variant]
         return None if fingerprint is None else FeatureCache(location, fingerprint)
 
@@ -211,41 +227,6 @@ class _SavedModule:
         self.data = data
 
 
-# The parameters of how encoding runs, documented once for both estimators.
-ENCODING_OPTIONS_DOC = """    n_jobs : int, default=None
-        Threads decoding image files, at most two batches ahead of the encoder (decoding
-        and resizing overlap the forward pass). None means 1 unless in a
-        :func:`joblib.parallel_config` context; -1 means all CPUs. Other inputs are read in
-        one background thread.
-    encode_precision : {"fp32", "bf16"}, default="fp32"
-        Dtype the encoder computes in; features are float32 either way. ``"bf16"`` runs it
-        under a bf16 autocast: 1.4-1.7x faster on CPUs with AMX-BF16 or AVX512-BF16 (slow
-        without them) and on recent GPUs. With ``efficientnet_lite0`` every feature keeps a
-        cosine of at least 0.999 to its fp32 value and the demo's Recall@1 is unchanged,
-        but its kNN accuracy drops by 0.7 points on average over ten splits (see the user
-        guide), so it is not the default. A fit that trains a head encodes in fp32.
-    compile : {"auto", "off", "freeze", "inductor"}, default="auto"
-        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
-        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
-        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
-        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
-        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
-        else eagerly. A copy that cannot be built, or (for your own module) disagrees with
-        it on one of its first batches, warns and falls back to eager. Fast copies are
-        never pickled or cloned; they are rebuilt on first use. Training always runs the
-        eager float32 encoder. Channels-last memory is used for ``"efficientnet_lite0"``
-        (a module declaring ``fast_paths_checked = True``), and for any module with
-        ``"freeze"``/``"inductor"``.
-"""
-
-
-def with_encoding_options(cls):
-    """Put :data:`ENCODING_OPTIONS_DOC` where ``cls``'s docstring says ``{encoding_options}``."""
-    cls.__doc__ = cls.__doc__.replace("    {encoding_options}\n", ENCODING_OPTIONS_DOC)
-    return cls
-
-
-@with_encoding_options
 class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
     """Encode images into feature vectors, as a scikit-learn transformer.
 
@@ -286,7 +267,30 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
         An image file that cannot be decoded (truncated, empty, not an image, too large)
         raises a ``ValueError`` naming it, or (``"skip"``, ``"warn"`` which also warns) is
         left out: its row of ``transform`` is all NaN, so rows stay aligned with ``X``.
-    {encoding_options}
+    n_jobs : int, default=None
+        Threads decoding image files, at most two batches ahead of the encoder (decoding
+        and resizing overlap the forward pass). None means 1 unless in a
+        :func:`joblib.parallel_config` context; -1 means all CPUs. Other inputs are read in
+        one background thread.
+    encode_precision : {"fp32", "bf16"}, default="fp32"
+        Dtype the encoder computes in; features are float32 either way. ``"bf16"`` runs it
+        under a bf16 autocast: 1.4-1.7x faster on CPUs with AMX-BF16 or AVX512-BF16 (slow
+        without them) and on recent GPUs. With ``efficientnet_lite0`` every feature keeps a
+        cosine of at least 0.999 to its fp32 value and the demo's Recall@1 is unchanged,
+        but its kNN accuracy drops by 0.7 points on average over ten splits (see the user
+        guide), so it is not the default. A fit that trains a head encodes in fp32.
+    compile : {"auto", "off", "freeze", "inductor"}, default="auto"
+        How the encoder module runs at inference. ``"inductor"``: :func:`torch.compile`
+        (needs a C++ compiler; about 30 s to compile on two CPU cores, then the fastest);
+        ``"freeze"``: a frozen TorchScript trace per input shape (BatchNorm folded into the
+        convolutions), about a second to build; ``"off"``: eager. ``"auto"`` compiles the
+        default ``"efficientnet_lite0"`` for jobs of 8192 images or more and runs everything
+        else eagerly. A copy that cannot be built, or (for your own module) disagrees with
+        it on one of its first batches, warns and falls back to eager. Fast copies are
+        never pickled or cloned; they are rebuilt on first use. Training always runs the
+        eager float32 encoder. Channels-last memory is used for ``"efficientnet_lite0"``
+        (a module declaring ``fast_paths_checked = True``), and for any module with
+        ``"freeze"``/``"inductor"``.
     verbose : int, default=0
         Show a progress bar (images/s, on stderr) while encoding when > 0.
 
@@ -311,7 +315,7 @@ class ImageEncoder(EncoderMixin, TransformerMixin, BaseEstimator):
     (4, 3)
     """
 
-    _parameter_constraints = dict(ENCODER_CONSTRAINTS)
+    _parameter_constraints = dict(ENCODER_CONSTRAINTS)  # the encoding options, declared here only
 
     def __init__(
         self,

@@ -56,7 +56,7 @@ def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jo
     :class:`~skretrieval._cache.FeatureCache`, only images it does not hold are encoded,
     and each batch is stored as soon as it is encoded.
     """
-    features, labels = [], []
+    features, labels, done = [], [], 0
     prepared = _prepared_batches(images, preprocess, device, batch_size, n_jobs, cache)
     # Both closed on errors too: the progress bar, and the threads running ahead.
     with torch.inference_mode(), progress_bar(images.n, "encoding", verbose) as progress, closing(prefetch(prepared, depth=2)) as ready:
@@ -72,7 +72,12 @@ def encode(images: ImageInput, run, preprocess, *, batch_size: int, device, n_jo
                 batch_features = np.stack(batch.found).astype(np.float32, copy=False)
             features.append(batch_features)
             labels.append(batch.labels)
-            progress.update(len(batch_features))
+            # Skipped files count as done, so the bar ends at its total. The decoding thread
+            # runs ahead and may have skipped files of later batches already: the bar's
+            # position is "encoded + skipped so far", which counts each file once.
+            done += len(batch_features)
+            progress.update(done + len(images.skipped) - progress.n)
+        progress.update(done + len(images.skipped) - progress.n)  # files skipped after the last batch
     if not features:
         if images.skipped:
             index, name, reason = images.skipped[0]

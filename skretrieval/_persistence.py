@@ -112,20 +112,29 @@ def save(estimator, path) -> Path:
 
     from . import __version__
 
+    from ._encoder import ImageEncoder
+
     check_is_fitted(estimator)
     params = estimator.get_params(deep=False)
+    options = None  # the encoding options of an ImageEncoder given as encoder=
+    if isinstance(params["encoder"], ImageEncoder):
+        options = params["encoder"].get_params(deep=False)
+        params["encoder"] = options.pop("encoder")
     kinds = {role: _kind(params[role]) for role in ("encoder", "head")}
     classes = {role: None if kinds[role] in (None, "name") else type(params[role]).__qualname__ for role in kinds}
     for role, kind in kinds.items():
         if kind in ("module", "callable"):
             params[role] = None  # rebound by load(path, encoder=..., head=...)
     params = {name: _jsonable(f"parameter {name}", value) for name, value in params.items()}
+    if options is not None:
+        options = {name: _jsonable(f"parameter encoder__{name}", value) for name, value in options.items()}
     fitted, arrays, modules = _fitted_state(estimator)
     meta = {
         "format_version": FORMAT_VERSION,
         "class": type(estimator).__name__,
         "skretrieval_version": __version__,
         "params": params,
+        "encoder_options": options,
         "encoder_kind": kinds["encoder"],
         "encoder_class": classes["encoder"],
         "head_kind": kinds["head"],
@@ -322,11 +331,16 @@ def _rebuild(meta: dict, encoder, head, device, path: Path):
     """The estimator of the saved parameters, its encoder built (weights not yet loaded)."""
     from . import __version__
     from ._device import resolve_device
+    from ._encoder import ImageEncoder
     from ._retriever import ImageRetriever
 
-    params = dict(meta["params"])
-    unknown = sorted(set(params) - set(ImageRetriever().get_params(deep=False)))
-    if unknown:
+    params, options = dict(meta["params"]), meta.get("encoder_options")
+    known, known_options = set(ImageRetriever().get_params(deep=False)), set(ImageEncoder().get_params(deep=False))
+    moved = {name: params.pop(name) for name in list(params) if name not in known and name in known_options}
+    if moved:  # written when the encoding options were the retriever's own
+        options = {**moved, **(options or {})}
+    unknown = sorted(set(params) - known) + sorted(f"encoder__{n}" for n in set(options or {}) - known_options)
+    if unknown or not isinstance(options, (dict, type(None))):
         raise FileFormatError(
             path, _KIND, f"it has parameters {unknown} that skretrieval {__version__} does not know; it was "
             f"written by skretrieval {meta.get('skretrieval_version')!r}: load it with that version"
@@ -344,20 +358,24 @@ def _rebuild(meta: dict, encoder, head, device, path: Path):
         elif given is not None:
             raise ValueError(f"{str(path)!r} uses the {role} {saved!r}; do not pass {role}=.")
     if device is not None:
-        params["device"] = device
-    estimator = ImageRetriever(**params)
-    estimator.set_params(weights=None)  # the saved weights follow: nothing downloaded or read
+        options = {**(options or {}), "device": device}
+    inner = params.pop("encoder")
+    estimator = ImageRetriever(inner if options is None else ImageEncoder(inner, **options), **params)
+    # Built without loading or downloading weights (the saved ones follow), on a device
+    # this machine has; get_params stays as saved.
+    building = {**(options or {}), "weights": None}
     try:
-        device_ = resolve_device(estimator.device)
+        device_ = resolve_device(building.get("device", "auto"))
     except ValueError:
         device_ = torch.device("cpu")
     if device_.type == "cuda" and not torch.cuda.is_available():
-        estimator.set_params(device="cpu")
-    with refusing(path, _KIND):  # a name or option this version lacks
-        estimator._fit_encoder()
-    estimator.set_params(weights=params["weights"])
-    if device is None and str(estimator.device) != meta["params"]["device"]:
-        estimator.set_params(device=meta["params"]["device"])  # get_params stays as saved
+        building["device"] = "cpu"
+    given_encoder, estimator.encoder = estimator.encoder, ImageEncoder(inner, **building)
+    try:
+        with refusing(path, _KIND):  # a name or option this version lacks
+            estimator._fit_encoder()
+    finally:
+        estimator.encoder = given_encoder
     return estimator
 
 

@@ -12,7 +12,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._encoder import ENCODER_CONSTRAINTS, EncoderMixin, with_encoding_options
+from ._encoder import EncoderMixin, ImageEncoder
 from ._neighbors import GalleryMixin, _aligned_labels
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from .io import to_unit_float
@@ -29,7 +29,6 @@ from .search import (
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
-@with_encoding_options
 class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin, BaseEstimator):
     """Image-to-image retrieval: a gallery of encoded images searched by similarity.
 
@@ -39,21 +38,22 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
 
     Parameters
     ----------
-    encoder : str, nn.Module or callable, default="efficientnet_lite0"
-        A name from :func:`skretrieval.encoders.list_encoders` (the default EfficientNet-Lite0
-        works offline with ImageNet weights; any torchvision model name works), a
-        ``torch.nn.Module`` or callable mapping an ``(N, C, H, W)`` batch to ``(N, D)``
-        features, or ``"precomputed"`` when ``X`` already is features. A module is
-        deep-copied into ``encoder_``; yours is never modified.
-    weights : str, path or None, default="DEFAULT"
-        For a named encoder: ``"DEFAULT"``, a torchvision weights name such as
-        ``"IMAGENET1K_V2"``, ``None`` (random initialisation) or a path to a state dict. For a
-        module: an optional state-dict path loaded into the copy.
-    preprocessing : None, "none", dict, Preprocessing or callable, default=None
-        How images in [0, 1] become encoder input. ``None`` takes the encoder's own; a dict
-        overrides some :class:`Preprocessing` fields (``size``, ``crop_pct``,
-        ``resize_mode``, ``mean``, ``std``, ``interpolation``); a callable receives a float
-        batch ``(N, 3, H, W)``; ``"none"`` passes images through unchanged.
+    encoder : str, nn.Module, callable or ImageEncoder, default="efficientnet_lite0"
+        How images become features: an :class:`ImageEncoder`, which holds every encoding
+        option (weights, preprocessing, batch size, device, ``memory=`` cache, ``on_error``,
+        threads, precision, compilation); its options grid-search as ``encoder__batch_size``
+        and so on. A name from :func:`skretrieval.encoders.list_encoders` (the default
+        EfficientNet-Lite0 works offline with ImageNet weights), a ``torch.nn.Module`` or a
+        callable, or ``"precomputed"`` (``X`` already is features) is short for
+        ``ImageEncoder(encoder)`` with its defaults. The retriever builds its own encoder
+        from these options in ``fit`` (``encoder_``): the given ``ImageEncoder`` and module
+        are never modified or fitted. Search and training run on the encoder's ``device``.
+        Unreadable image files follow the encoder's ``on_error``: in ``fit`` (and ``add``)
+        they are left out and listed in ``skipped_``, everything else (``y``,
+        ``prototype_ids_``) staying aligned; at query time rows stay aligned with ``X``: a
+        bad query's ``transform`` row is all NaN, its ``kneighbors`` indices ``-1`` and
+        distances ``inf`` (``search``: similarities ``-inf``), its ``predict`` value
+        ``None`` (the result then has dtype object) and its ``predict_proba`` row NaN.
     similarity_fn : {"cosine", "dot", "euclidean"} or callable, default="cosine"
         Larger = more similar. ``"cosine_similarity"`` is accepted as an alias of
         ``"cosine"``. A callable receives two float32 tensors ``(n, d)``, ``(m, d)`` and
@@ -67,28 +67,6 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Weight of each neighbour's vote: 1, ``max(s, 0)`` (uniform when all are 0), or
         ``vote(similarities) -> weights`` of shape ``(n_queries, k)``. A tie goes to the class
         of the best-ranked neighbour among the tied ones.
-    batch_size : int, default=32
-        Images encoded per forward pass.
-    device : str or torch.device, default="auto"
-        ``"auto"`` picks CUDA, then MPS, then the CPU; encoding and search run there.
-    memory : str, path or joblib.Memory, default=None
-        A directory caching each image's features, keyed by the image's content and a
-        fingerprint of the encoder (class, weights, preprocessing): GridSearchCV folds and
-        candidates, clones, re-fits and other processes reuse them instead of encoding again,
-        and an interrupted fit resumes where it stopped. None disables caching.
-    cache_key : str, default=None
-        Fingerprint of a plain callable encoder, which has no weights to hash; without it such
-        an encoder is not cached. Change it whenever the callable's output changes.
-    on_error : {"raise", "skip", "warn"}, default="raise"
-        What an image file that cannot be decoded (truncated, empty, not an image, beyond
-        PIL's decompression-bomb limit) does: ``"raise"`` a ``ValueError`` naming the file and
-        the reason; ``"skip"`` leave it out (``"warn"``: and warn). In ``fit`` the bad files
-        are listed in ``skipped_`` and everything else (``y``, ``prototype_ids_``) stays
-        aligned. At query time rows stay aligned with ``X``: a bad query's ``transform`` row
-        is all NaN, its ``kneighbors`` indices ``-1`` and distances ``inf`` (``search``:
-        similarities ``-inf``), its ``predict`` value ``None`` (the result then has dtype
-        object) and its ``predict_proba`` row NaN.
-    {encoding_options}
     working_memory : float, default=None
         MiB that one block of similarity scores may take during search; scikit-learn's
         ``working_memory`` setting when None.
@@ -211,7 +189,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
     """
 
     _parameter_constraints = {
-        **ENCODER_CONSTRAINTS,
+        "encoder": [str, callable, ImageEncoder],
         "similarity_fn": [StrOptions(set(SIMILARITY_NAMES)), callable],
         "topk": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
         "vote": [StrOptions({"uniform", "similarity"}), callable],
@@ -224,19 +202,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self,
         encoder="efficientnet_lite0",
         *,
-        weights="DEFAULT",
-        preprocessing=None,
         similarity_fn="cosine",
         topk=5,
         vote="uniform",
-        batch_size=32,
-        device="auto",
-        memory=None,
-        cache_key=None,
-        on_error="raise",
-        n_jobs=None,
-        encode_precision="fp32",
-        compile="auto",
         working_memory=None,
         search_precision="auto",
         head=None,
@@ -260,19 +228,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         verbose=0,
     ):
         self.encoder = encoder
-        self.weights = weights
-        self.preprocessing = preprocessing
         self.similarity_fn = similarity_fn
         self.topk = topk
         self.vote = vote
-        self.batch_size = batch_size
-        self.device = device
-        self.memory = memory
-        self.cache_key = cache_key
-        self.on_error = on_error
-        self.n_jobs = n_jobs
-        self.encode_precision = encode_precision
-        self.compile = compile
         self.working_memory = working_memory
         self.search_precision = search_precision
         self.head = head
@@ -315,6 +273,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         -------
         self : ImageRetriever
         """
+        self._options._validate_params()  # the encoding options, as ImageEncoder declares them
         warm = self._check_training()
         if not warm:
             self._fit_encoder()
@@ -428,6 +387,12 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         tags.target_tags.required = False
         tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
         return tags
+
+    @property
+    def _options(self) -> ImageEncoder:
+        """The ImageEncoder whose options encode (a name or module is short for one)."""
+        encoder = self.encoder
+        return encoder if isinstance(encoder, ImageEncoder) else ImageEncoder(encoder)
 
     # -- how this gallery is stored and searched (GalleryMixin's hooks) --------------------
 

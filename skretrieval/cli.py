@@ -6,9 +6,12 @@ images in a folder). Results go to stdout, progress, warnings and errors to stde
 codes: 0 success, 1 failure (missing file, unreadable image with ``--on-error raise``, ...),
 2 usage error.
 
-``index``, ``duplicates`` and ``evaluate`` take ``--on-error {raise,skip,warn}`` (default
-``warn``): an image file that cannot be decoded stops the run (``raise``) or is left out, and
-with ``warn`` each one left out is named on stderr (the first few, then a count).
+``index``, ``search``, ``duplicates`` and ``evaluate`` take ``--on-error {raise,skip,warn}``
+(default ``warn``): an image file that cannot be decoded stops the run (``raise``) or is left
+out, and with ``warn`` each one left out is named on stderr (the first few, then a count).
+
+Only the standard library is imported here: the package (torch, scikit-learn) is imported
+inside the commands, so ``--help`` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-from ._inference import COMPILE_MODES, ENCODE_PRECISIONS
+from ._modes import COMPILE_MODES, ENCODE_PRECISIONS
 
 HEAD_CHOICES = ("linear", "arcface", "triplet", "supcon")  # skretrieval.heads.HEAD_NAMES (a test keeps them equal)
 
@@ -62,9 +66,12 @@ def _image_files(paths) -> list[str]:
     return [str(Path(f).resolve()) for f in files]
 
 
-def _folder_labels(files) -> list[str]:
-    """The parent folder name of each file."""
-    return [Path(f).parent.name for f in files]
+def _labelled_image_files(directory):
+    """Image files below ``directory`` (resolved) and their class: the first folder under it."""
+    from .io import list_labelled_images
+
+    files, labels = list_labelled_images(directory)
+    return [str(Path(f).resolve()) for f in files], labels
 
 
 def _estimator_on_error(args) -> str:
@@ -124,8 +131,10 @@ def _fit(args, directory):
     """
     if not Path(directory).is_dir():
         raise FileNotFoundError(f"{directory!r} is not a folder; give a folder of images.")
-    files = _image_files([directory])
-    labels = _folder_labels(files) if getattr(args, "labels_from_folders", False) else None
+    if getattr(args, "labels_from_folders", False):
+        files, labels = _labelled_image_files(directory)
+    else:
+        files, labels = _image_files([directory]), None
     retriever = _retriever(args)
     start = time.perf_counter()
     retriever.fit(files, labels)
@@ -148,13 +157,33 @@ def _load_model(path):
     return load(path)
 
 
+def _check_writable(path: str, option: str) -> None:
+    """Fail before encoding, not after, when the file ``path`` cannot be written."""
+    import tempfile
+
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{option} {path!r} is a folder; give the model file to write, e.g. {str(target / 'model.skr')!r}.")
+    folder = target.resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path!r}: folder {str(folder)!r} does not exist; create it first.")
+    try:
+        if target.exists():
+            with open(target, "ab"):  # opened to append, not truncated: the file stays as it is
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=folder):  # the only sure test (ACLs, read-only mounts, root)
+                pass
+    except OSError as exc:
+        raise PermissionError(f"{option} {path!r} cannot be written: {exc.strerror or exc}.") from None
+
+
 def _index(args) -> int:
-    folder = Path(args.output).resolve().parent
-    if not folder.is_dir():  # fail before encoding, not after
-        raise FileNotFoundError(f"cannot write {args.output!r}: folder {str(folder)!r} does not exist.")
+    _check_writable(args.output, "-o/--output")
     retriever = _fit(args, args.gallery_dir)
     # --on-error applied to reading this gallery; the model file queries as any other
-    # (`search` and Python users get an error for an unreadable query, not a row of NaN).
+    # (Python users get an error for an unreadable query, not a row of NaN; `search` and
+    # `evaluate` apply their own --on-error).
     retriever.set_params(on_error="raise")
     retriever.save(args.output)
     labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"
@@ -176,9 +205,15 @@ def _has_labels(retriever) -> bool:
 def _search(args) -> int:
     retriever = _load_model(args.model)
     files = _image_files(args.queries)
-    # An unreadable query is an error: a skipped one would come back with index -1.
-    retriever.set_params(verbose=int(len(files) > 1), on_error="raise")
+    retriever.set_params(verbose=int(len(files) > 1), on_error=_estimator_on_error(args))
     similarities, indices = retriever.search(files, k=args.k)
+    readable = indices[:, 0] >= 0  # a query left out by --on-error has no match (index -1)
+    if not readable.all():
+        reasons = [f"cannot read image {f!r}" for f, ok in zip(files, readable) if not ok]
+        _check_some_readable(reasons, len(files), " ".join(args.queries))
+        _report_skipped(args, reasons, len(files), "query image")
+        files = [f for f, ok in zip(files, readable) if ok]
+        similarities, indices = similarities[readable], indices[readable]
     labelled = _has_labels(retriever)
     for query, scores, rows in zip(files, similarities, indices):
         matches = [
@@ -201,6 +236,14 @@ def _search(args) -> int:
     if args.plot:
         _plot(retriever, files, similarities, indices, args.plot)
     return 0
+
+
+def _check_some_readable(reasons, total: int, where: str) -> None:
+    """Every query unreadable is an error, whatever ``--on-error`` says."""
+    if len(reasons) == total:
+        raise ValueError(
+            f"all {total} query image(s) of {where!r} are unreadable (first: {reasons[0]}); nothing is left to query."
+        )
 
 
 def _plain(value):
@@ -246,21 +289,15 @@ def _evaluate(args) -> int:
         )
     if not Path(args.query_dir).is_dir():
         raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
-    files = _image_files([args.query_dir])
+    files, labels = _labelled_image_files(args.query_dir)
     retriever.set_params(on_error=_estimator_on_error(args))
     features = retriever.transform(files)  # encoded once; every metric reuses them
-    labels = _folder_labels(files)
     unreadable = np.isnan(features).any(axis=1)  # rows of queries skipped by --on-error
     if unreadable.any():
-        if unreadable.all():
-            raise ValueError(
-                f"all {len(files)} query images under {args.query_dir!r} are unreadable; nothing to evaluate."
-            )
-        _report_skipped(
-            args, [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)],
-            len(files), "query image",
-        )
-        features, labels = features[~unreadable], [lab for lab, bad in zip(labels, unreadable) if not bad]
+        reasons = [f"cannot read image {files[i]!r}" for i in np.flatnonzero(unreadable)]
+        _check_some_readable(reasons, len(files), args.query_dir)
+        _report_skipped(args, reasons, len(files), "query image")
+        features, labels = features[~unreadable], labels[~unreadable]
     report = retrieval_report(retriever, features, labels, metrics, output_dict=args.json, embedded=True)
     print(json.dumps(report) if args.json else report)
     return 0
@@ -270,13 +307,19 @@ def _duplicates(args) -> int:
     retriever = _fit(args, args.directory)
     groups = retriever.find_duplicates(min_similarity=args.threshold)
     paths = retriever.prototype_ids_  # rows of the gallery: unreadable files are not among them
+    # The similarity of each image to its nearest other one, which is in its group: the
+    # link that put it there.
+    scores = retriever.search(k=1)[0][:, 0] if args.scores and groups else None
     for number, group in enumerate(groups, start=1):
         if args.json:
-            print(json.dumps({"group": number, "paths": [str(paths[i]) for i in group]}))
+            line = {"group": number, "paths": [str(paths[i]) for i in group]}
+            if scores is not None:
+                line["scores"] = [round(float(scores[i]), 6) for i in group]
+            print(json.dumps(line))
         else:
             print(f"group {number}: {len(group)} images")
             for i in group:
-                print(f"  {paths[i]}")
+                print(f"  {paths[i]}" if scores is None else f"  {scores[i]:.4f}  {paths[i]}")
     print(
         f"{len(groups)} group(s) of near-identical images (similarity >= {args.threshold})",
         file=sys.stderr,
@@ -311,6 +354,17 @@ def _encoder_options(parser) -> None:
         help="dtype the encoder computes in; bf16 is faster on CPUs with AMX/AVX512-BF16 and "
         "on GPUs, and moves results slightly (default: %(default)s)",
     )
+
+
+def _cosine_threshold(text: str) -> float:
+    """A cosine similarity in [-1, 1] (argparse prints the error as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text} is not a number; give a cosine similarity in [-1, 1].") from None
+    if not -1.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is outside [-1, 1], the range of a cosine similarity.")
+    return value
 
 
 def _on_error_option(parser) -> None:
@@ -348,7 +402,10 @@ def _pixel_limit(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="skretrieval", description="Image-to-image retrieval.")
+    parser.add_argument("--version", action="version", version=f"skretrieval {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="Retrieve scikit-learn's digits with the pretrained default encoder (offline).",
@@ -371,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write, e.g. model.skr")
     index.add_argument(
         "--labels-from-folders", action="store_true",
-        help="label each image by the name of its parent folder",
+        help="label each image by its class folder, the first folder under GALLERY_DIR "
+        "(GALLERY_DIR/cat/any/depth/x.jpg is a cat), as torchvision's ImageFolder",
     )
     index.add_argument(
         "--head", choices=HEAD_CHOICES, default=None,
@@ -398,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="matches per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="one JSON object per query (JSON lines)")
     search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
+    _on_error_option(search)
     _max_pixels_option(search)
     search.set_defaults(handler=_search)
 
@@ -410,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("query_dir", metavar="QUERY_DIR", help="folder of query images")
     evaluate.add_argument(
         "--labels-from-folders", action="store_true",
-        help="label each query by the name of its parent folder (required)",
+        help="label each query by its class folder, the first folder under QUERY_DIR (required)",
     )
     evaluate.add_argument(
         "--metrics", default="recall@1,recall@5,map@10",
@@ -428,9 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     duplicates.add_argument("directory", metavar="DIR", help="folder of images")
     duplicates.add_argument(
-        "--threshold", type=float, default=0.95, help="minimum cosine similarity (default: %(default)s)"
+        "--threshold", type=_cosine_threshold, default=0.95,
+        help="minimum cosine similarity, in [-1, 1] (default: %(default)s)",
     )
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
+    duplicates.add_argument(
+        "--scores", action="store_true",
+        help="also show each image's similarity to its nearest image in the group",
+    )
     _encoder_options(duplicates)
     _on_error_option(duplicates)
     _max_pixels_option(duplicates)
@@ -445,12 +509,51 @@ def command_parsers() -> dict:
     return {"": parser, **commands.choices}
 
 
+# The library's errors name Python parameters; the CLI shows them as its options. A parameter
+# maps to the option (argparse dest) of the same name unless listed here.
+_OPTION_OF_PARAMETER = {
+    "n_neighbors": "k",
+    "topk": "k",  # demo has --topk itself: its own option comes first
+    "encode_precision": "precision",
+    "Preprocessing size": "image_size",
+    "preprocessing": "image_size",
+    "min_similarity": "threshold",
+}
+_PARAMETER = re.compile(
+    r"The '(?P<quoted>\w+)' parameter of \w+"  # scikit-learn's parameter validation
+    r"|\b(?P<assigned>\w+)=(?!=)"  # weights='x'
+    r"|'[^']*'"  # any other quoted text (a path, a value) is left as it is
+    r"|\b(?P<bare>[a-z]+_[a-z_]+|topk|Preprocessing size)\b"  # n_jobs, batch_size
+)
+
+
+def _with_cli_options(message: str, parser) -> str:
+    """``message`` with the Python parameters it names written as ``parser``'s options."""
+    options = {a.dest: "/".join(a.option_strings) for a in parser._actions if a.option_strings}
+
+    def option(match):
+        name = match["quoted"] or match["assigned"] or match["bare"]
+        found = options.get(name) or options.get(_OPTION_OF_PARAMETER.get(name))
+        if found is None:
+            return match[0]
+        return found + (" " if match["assigned"] else "")
+
+    message = _PARAMETER.sub(option, message)
+    for found in set(options.values()):  # "topk or n_neighbors" became "-k or -k"
+        message = message.replace(f"{found} or {found}", found).replace(f"{found}/{found}", found)
+    return message
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit code (0 success, 1 failure, 2 usage error)."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # no command: a usage error, answered with the whole help
+        parser.print_help(sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2), already printed
         return 0 if exc.code is None else int(exc.code)
     try:
         with _pixel_limit(args):
@@ -460,7 +563,7 @@ def main(argv=None) -> int:
         print(f"hint: see `skretrieval {args.command} --help`.", file=sys.stderr)
         return 2
     except _USER_ERRORS as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = _with_cli_options(" ".join(str(exc).split()) or type(exc).__name__, command_parsers()[args.command])
         print(f"skretrieval {args.command}: error: {message}", file=sys.stderr)
         print(f"hint: see `skretrieval {args.command} --help` for the accepted options.", file=sys.stderr)
         return 1

@@ -21,12 +21,12 @@ def test_grid_search_encodes_each_image_once(tmp_path, tiny_prep, colour_images)
     images, labels = colour_images
     counter = CallCounter()
     retriever = ImageRetriever(
-        TinyEncoder(counter), preprocessing=tiny_prep, memory=tmp_path, batch_size=4, device="cpu"
+        ImageEncoder(TinyEncoder(counter), preprocessing=tiny_prep, memory=tmp_path, batch_size=4, device="cpu"),
     )
     grid = GridSearchCV(retriever, {"similarity_fn": ["cosine", "dot"], "topk": [1, 3]}, cv=3)
     grid.fit(images, labels)
     assert counter.images == len(images)  # 4 candidates x 3 folds x (fit + score) + refit
-    uncached = clone(retriever).set_params(memory=None)
+    uncached = clone(retriever).set_params(encoder__memory=None)
     np.testing.assert_array_equal(grid.best_estimator_.prototype_, uncached.fit(images, labels).prototype_)
 
 
@@ -130,7 +130,9 @@ def test_unreadable_entry_is_a_miss(tmp_path):
 def test_memory_parameter_forms(tmp_path, memory, tiny_prep, colour_images):
     images, labels = colour_images
     value = None if memory is None else str(tmp_path)
-    retriever = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, memory=value, device="cpu")
+    retriever = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, memory=value, device="cpu"),
+    )
     assert retriever.fit(images, labels).score(images, labels) == 1.0
     assert torch.is_tensor(torch.as_tensor(retriever.prototype_))
 
@@ -143,7 +145,7 @@ def test_pipeline_with_an_encoder_step_encodes_each_image_once(tmp_path, tiny_pr
     pipe = Pipeline(
         [
             ("encode", ImageEncoder(TinyEncoder(counter), preprocessing=tiny_prep, memory=tmp_path / "features", device="cpu")),
-            ("retrieve", ImageRetriever("precomputed", device="cpu")),
+            ("retrieve", ImageRetriever(ImageEncoder("precomputed", device="cpu"))),
         ],
         memory=str(tmp_path / "pipeline"),
     )
@@ -159,12 +161,14 @@ def test_the_fingerprint_is_hashed_once_per_fit(tmp_path, tiny_prep, colour_imag
     calls = []
     original = encoder_module.encoder_fingerprint
     monkeypatch.setattr(encoder_module, "encoder_fingerprint", lambda *a, **k: calls.append(1) or original(*a, **k))
-    model = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu", memory=tmp_path).fit(images, labels)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu", memory=tmp_path),
+    ).fit(images, labels)
     assert len(calls) == 1
     for _ in range(3):
         model.predict(images[:4])
     assert len(calls) == 1
     with torch.no_grad():  # new weights, refitted: hashed again, and the cache misses
         model.encoder_.conv.weight.mul_(2)
-    model.set_params(encoder=model.encoder_).fit(images, labels)
+    model.set_params(encoder__encoder=model.encoder_).fit(images, labels)
     assert len(calls) == 2

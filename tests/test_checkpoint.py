@@ -12,7 +12,7 @@ import pytest
 from helpers import CallCounter, TinyEncoder
 from PIL import Image
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
 N_IMAGES, BATCH = 40, 4
 PARAMS = {"preprocessing": {"size": 8}, "device": "cpu", "batch_size": BATCH}
@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from helpers import TinyEncoder
-    from skretrieval import ImageRetriever
+    from skretrieval import ImageEncoder, ImageRetriever
 
     class SlowCounter:  # every forward pass: announce it, then take a while
         images = 0
@@ -36,7 +36,7 @@ SCRIPT = textwrap.dedent(
             print("batch", flush=True)
             time.sleep(0.2)
 
-    ImageRetriever(TinyEncoder(SlowCounter()), memory={memory!r}, **{params!r}).fit({folder!r})
+    ImageRetriever(ImageEncoder(TinyEncoder(SlowCounter()), memory={memory!r}, **{params!r})).fit({folder!r})
     print("done", flush=True)
     """
 )
@@ -65,10 +65,12 @@ def test_killed_fit_resumes_and_equals_uninterrupted(tmp_path):
     assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
 
     counter = CallCounter()
-    resumed = ImageRetriever(TinyEncoder(counter), memory=memory, **PARAMS).fit(folder)
+    resumed = ImageRetriever(
+        ImageEncoder(TinyEncoder(counter), memory=memory, **PARAMS),
+    ).fit(folder)
     # At most the batch in flight is lost: three batches are never encoded again.
     assert counter.images <= N_IMAGES - 3 * BATCH
     assert counter.images >= N_IMAGES - 4 * BATCH  # and the restart really did the rest
-    uninterrupted = ImageRetriever(TinyEncoder(), **PARAMS).fit(folder)
+    uninterrupted = ImageRetriever(ImageEncoder(TinyEncoder(), **PARAMS)).fit(folder)
     np.testing.assert_array_equal(resumed.prototype_, uninterrupted.prototype_)
     np.testing.assert_array_equal(resumed.prototype_ids_, uninterrupted.prototype_ids_)

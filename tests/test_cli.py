@@ -144,7 +144,7 @@ def test_evaluate_matches_retrieval_report(folders, capsys):
         (["search", "{tmp}/missing.skr", "{tmp}/q.png"], "does not exist"),
         (["search", "{model}", "{tmp}/nope.png"], "does not exist"),
         (["search", "{model}", "{tmp}/broken.png"], "cannot read image"),
-        (["search", "{model}", "{tmp}/queries", "-k", "50"], "lower topk"),
+        (["search", "{model}", "{tmp}/queries", "-k", "50"], "lower -k,"),
         (["index", "{tmp}/nowhere", "-o", "{tmp}/m.skr", *TINY], "is not a folder"),
         (["index", "{tmp}/gallery", "-o", "{tmp}/no/m.skr", *TINY], "does not exist"),
         (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", "--encoder", "no_such_encoder"], "Unknown encoder"),
@@ -329,3 +329,250 @@ def test_index_reads_every_format_below_the_folder(colour_images, tmp_path, caps
     for path in written:
         own = retriever.kneighbors([path], n_neighbors=1, return_distance=False)[0, 0]
         assert retriever.prototype_ids_[own] == path
+
+
+# ------------------------------------------------------------------------------------------
+# The command line as a new user met it (issue 13)
+
+
+def _error_line(err: str) -> str:
+    """The ``skretrieval COMMAND: error:`` line (a progress bar may precede it on its line)."""
+    (line,) = [line for line in err.splitlines() if ": error: " in line]
+    return line[line.index("skretrieval "):]
+
+
+def _read_only_folder(tmp_path):
+    """A folder nobody may write to: chmod for a user; root ignores that, and sysfs refuses it."""
+    import os
+
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "output, problem",
+    [
+        ("{tmp}/gallery", "is a folder; give the model file to write"),
+        ("{tmp}/no/such/m.skr", "does not exist; create it first"),
+        ("{tmp}/gallery/red/00.png/m.skr", "does not exist"),  # the "folder" is a file
+        ("{read_only}/m.skr", "cannot be written: Permission denied"),
+    ],
+)
+def test_index_output_is_checked_before_encoding(folders, capsys, output, problem):
+    output = output.format(tmp=folders, read_only=_read_only_folder(folders))
+    assert cli.main(["index", str(folders / "gallery"), "-o", output, *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "encoded" not in err and "encoding" not in err  # failed before any image was encoded
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("hint: ")
+    assert lines[0].startswith(f"skretrieval index: error: -o/--output {output!r}") and problem in lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, option, parameter",
+    [
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", *TINY, "--batch-size", "0"], "--batch-size must be an int", "batch_size"),
+        (["duplicates", "{tmp}/gallery", *TINY, "--n-jobs", "0"], "--n-jobs", "n_jobs"),
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", "--weights", "bogus"], "--weights 'bogus' is not available", "weights="),
+        (["index", "{tmp}/gallery", "-o", "{tmp}/m.skr", *TINY, "--image-size", "0"], "--image-size must be a positive int", "Preprocessing"),
+        (["search", "{model}", "{tmp}/queries", "-k", "50"], "50 neighbours requested (-k), but", "topk"),
+        (["search", "{model}", "{tmp}/queries", "-k", "0"], "-k must be a positive int or -1", "n_neighbors"),
+    ],
+)
+def test_errors_name_the_cli_options_not_python_parameters(folders, capsys, argv, option, parameter):
+    model, _ = _index(folders, capsys)
+    argv = [a.format(tmp=folders, model=model) for a in argv]
+    assert cli.main(argv) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert option in line and parameter not in line, line
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-1.01", "nan", "high"])
+def test_duplicates_threshold_outside_its_range_is_a_usage_error(folders, capsys, threshold):
+    assert cli.main(["duplicates", str(folders / "gallery"), "--threshold", threshold, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "encoded" not in err and "encoding" not in err
+    assert err.splitlines()[-1].startswith(f"skretrieval duplicates: error: argument --threshold: {threshold}")
+    assert "[-1, 1]" in err.splitlines()[-1]
+
+
+def test_duplicates_threshold_bounds_are_accepted(folders, capsys):
+    assert cli.main(["duplicates", str(folders / "gallery"), "--threshold", "1", *TINY]) == 0
+    assert cli.main(["duplicates", str(folders / "gallery"), "--threshold", "-1", "--json", *TINY]) == 0
+    (line,) = capsys.readouterr().out.splitlines()  # every image is at least -1 similar to every other
+    assert len(json.loads(line)["paths"]) == 18
+
+
+def test_search_takes_on_error(folders, capsys):
+    model, _ = _index(folders, capsys, "--labels-from-folders")
+    bad = _truncated_jpeg(folders / "queries" / "blue" / "bad.jpg")
+    queries = str(folders / "queries")
+    assert cli.main(["search", str(model), queries, "-k", "1", "--json"]) == 0  # default: warn
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(lines) == 6 and str(bad) not in {line["query"] for line in lines}
+    assert all(line["matches"][0]["label"] == Path(line["query"]).parent.name for line in lines)
+    warnings = [line for line in captured.err.splitlines() if "warning:" in line]
+    assert len(warnings) == 2 and str(bad) in warnings[0]
+    assert warnings[1].endswith("skipped 1 unreadable query image file(s) of 7")
+
+    assert cli.main(["search", str(model), queries, "-k", "1", "--on-error", "skip"]) == 0
+    captured = capsys.readouterr()
+    assert str(bad) not in captured.err + captured.out and "skipped 1 unreadable" in captured.err
+
+    assert cli.main(["search", str(model), queries, "--on-error", "raise"]) == 1
+    assert "bad.jpg" in _error_line(capsys.readouterr().err)
+    assert cli.main(["search", str(model), str(bad)]) == 1
+    assert "all 1 query image(s)" in _error_line(capsys.readouterr().err)
+
+
+def test_hidden_files_and_folders_are_not_indexed(colour_images, tmp_path, capsys):
+    """Real images under hidden names are left out, by the CLI and by a folder given to fit."""
+    from PIL import Image
+
+    from skretrieval import ImageRetriever, load
+
+    images, _ = colour_images
+    names = ["a.png", "sub/b.png", ".thumbs/a.png", "._a.png", "sub/.c.png", "sub/.cache/d.png"]
+    for image, name in zip(images, names):
+        path = tmp_path / "gallery" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path, "PNG")
+    model = tmp_path / "m.skr"
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), *TINY]) == 0
+    expected = [str(tmp_path / "gallery" / name) for name in ["a.png", "sub/b.png"]]
+    assert list(load(model).prototype_ids_) == expected
+    python = ImageRetriever("cli_tiny", device="cpu").fit(str(tmp_path / "gallery"))
+    assert list(python.prototype_ids_) == expected
+
+
+def test_labels_from_folders_are_the_first_folder_under_the_root(colour_images, tmp_path, capsys):
+    """root/red/deep/x.png is "red", as torchvision's ImageFolder; Python gets the same labels."""
+    from PIL import Image
+
+    from skretrieval import load
+    from skretrieval.io import list_labelled_images
+
+    images, labels = colour_images
+    colours = np.array(["red", "green", "blue"])[labels]
+    for n, (image, colour) in enumerate(zip(images, colours)):
+        sub = ["", "light/", "light/very/"][n % 3]  # shared sub-folder names across classes
+        path = tmp_path / "gallery" / colour / f"{sub}{n:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    model = tmp_path / "m.skr"
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), "--labels-from-folders", *TINY]) == 0
+    assert "3 labels" in capsys.readouterr().out
+    retriever = load(model)
+    by_file = dict(zip(retriever.prototype_ids_, retriever.prototype_labels_))
+    assert by_file == {str(tmp_path / "gallery" / c / f"{s}{n:02d}.png"): c
+                       for n, c, s in zip(range(24), colours, ["", "light/", "light/very/"] * 8)}
+    files, python_labels = list_labelled_images(tmp_path / "gallery")
+    assert files == list(retriever.prototype_ids_)
+    assert list(python_labels) == list(retriever.prototype_labels_)
+
+    # an image outside any class folder has no label: said, not guessed
+    Image.fromarray(images[0]).save(tmp_path / "gallery" / "stray.png")
+    assert cli.main(["index", str(tmp_path / "gallery"), "-o", str(model), "--labels-from-folders", *TINY]) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert "'stray.png'" in line and "outside any class folder" in line
+
+
+def test_version_and_bare_command_prints_the_help(capsys):
+    import skretrieval
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == f"skretrieval {skretrieval.__version__}\n"
+    assert cli.main([]) == 2  # no command is a usage error (argparse's code), answered with the help
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == cli.build_parser().format_help()
+    assert "Encode a folder of images into a model file." in captured.err
+
+
+_HELP_WITHOUT_THE_PACKAGE = """
+import importlib.util, sys, types
+# skretrieval/cli.py loaded under a bare package (its __init__ not run), as a lazy __init__ would
+package = types.ModuleType("skretrieval")
+package.__path__, package.__version__ = [sys.argv[1]], "0"
+sys.modules["skretrieval"] = package
+spec = importlib.util.spec_from_file_location("skretrieval.cli", sys.argv[1] + "/cli.py")
+cli = importlib.util.module_from_spec(spec)
+sys.modules["skretrieval.cli"] = cli
+spec.loader.exec_module(cli)
+assert cli.main(["--help"]) == 0 and cli.main(["index", "--help"]) == 0
+heavy = sorted(name for name in ("torch", "sklearn", "numpy", "PIL") if name in sys.modules)
+print("heavy:", heavy)
+"""
+
+
+def test_cli_module_parses_help_without_importing_torch():
+    import skretrieval
+
+    package = str(Path(skretrieval.__file__).parent)
+    result = subprocess.run(
+        [sys.executable, "-c", _HELP_WITHOUT_THE_PACKAGE, package], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "heavy: []"
+
+
+@pytest.mark.xfail(strict=True, reason="needs lazy skretrieval/__init__ (lead)")
+def test_help_does_not_import_torch():
+    code = "import sys; from skretrieval.cli import main; main(['--help']); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "False"
+
+
+def test_progress_bar_ends_at_its_total_when_files_were_skipped(folders, capsys, monkeypatch):
+    import tqdm.auto
+
+    ends = []
+
+    class RecordingBar(tqdm.auto.tqdm):
+        def close(self):
+            ends.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    _truncated_jpeg(folders / "gallery" / "blue" / "bad.jpg")  # in the middle of the files
+    _truncated_jpeg(folders / "gallery" / "red" / "zz_bad.jpg")  # the last file: after the last batch
+    _index(folders, capsys, "--batch-size", "4")
+    assert set(ends) == {("encoding", 20, 20)}  # (closed by its context and again by tqdm itself)
+
+
+def test_duplicates_shows_the_scores(colour_images, tmp_path, capsys):
+    """Each image's similarity to its nearest other image, against numpy on the same features."""
+    from PIL import Image
+
+    from skretrieval import ImageRetriever
+
+    images, _ = colour_images
+    for n in range(8, 16):  # the greens: near-identical to the tiny encoder
+        Image.fromarray(images[n]).save(tmp_path / f"{n:02d}.png")
+    Image.fromarray(images[0]).save(tmp_path / "red.png")
+    files = sorted(str(p) for p in tmp_path.glob("*.png"))
+    features = ImageRetriever("cli_tiny", device="cpu").fit(files).prototype_
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    np.fill_diagonal(cosine, -np.inf)
+    nearest = cosine.max(axis=1)
+    threshold = float(np.sort(nearest[:-1])[0]) - 1e-4  # every green links; red does not
+    assert nearest[-1] < threshold
+
+    argv = ["duplicates", str(tmp_path), "--threshold", f"{threshold:.6f}", "--scores", *TINY]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "group 1: 8 images" and len(out) == 9
+    rows = [line.split() for line in out[1:]]
+    assert [path for _, path in rows] == files[:-1]
+    np.testing.assert_allclose([float(score) for score, _ in rows], nearest[:-1], atol=6e-5)
+
+    assert cli.main([*argv, "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    group = json.loads(line)
+    assert group["paths"] == files[:-1]
+    np.testing.assert_allclose(group["scores"], nearest[:-1], atol=1e-5)

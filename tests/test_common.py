@@ -23,10 +23,16 @@ def _expected_failed_checks(estimator):
 
 @parametrize_with_checks(
     [
-        ImageRetriever(encoder="precomputed", device="cpu"),
-        ImageRetriever(encoder="precomputed", similarity_fn="euclidean", vote="similarity", device="cpu"),
+        ImageRetriever(ImageEncoder("precomputed", device="cpu")),
+        ImageRetriever(
+            ImageEncoder("precomputed", device="cpu"),
+            similarity_fn="euclidean", vote="similarity",
+        ),
         # A fine-tuned embedding: fit trains a projection; queries are projected once.
-        ImageRetriever(encoder="precomputed", head="linear", max_epochs=3, random_state=0, device="cpu"),
+        ImageRetriever(
+            ImageEncoder("precomputed", device="cpu"),
+            head="linear", max_epochs=3, random_state=0,
+        ),
         # With an image encoder, 2-D inputs are features: the checks exercise that reading rule.
         ImageEncoder(_POOL, device="cpu"),
     ],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import TinyEncoder
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
 N_THREADS, N_QUERIES = 8, 50
 
@@ -16,11 +16,17 @@ def test_threads_give_serial_results(kind):
     rng = np.random.default_rng(0)
     if kind == "features":
         gallery, queries = rng.normal(size=(300, 16)), rng.normal(size=(N_QUERIES, 5, 16))
-        model = ImageRetriever("precomputed", device="cpu", topk=5, working_memory=0.01)
+        model = ImageRetriever(
+            ImageEncoder("precomputed", device="cpu"),
+            topk=5, working_memory=0.01,
+        )
     else:
         gallery = rng.random((40, 8, 8, 3)).astype(np.float32)
         queries = rng.random((N_QUERIES, 2, 8, 8, 3)).astype(np.float32)
-        model = ImageRetriever(TinyEncoder(), preprocessing="none", device="cpu", topk=3)
+        model = ImageRetriever(
+            ImageEncoder(TinyEncoder(), preprocessing="none", device="cpu"),
+            topk=3,
+        )
     model.fit(gallery, rng.integers(0, 6, len(gallery)))
 
     def answer(q):

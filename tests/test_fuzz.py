@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from skretrieval import FileFormatError, ImageRetriever, load
+from skretrieval import FileFormatError, ImageEncoder, ImageRetriever, load
 from skretrieval.io import read_feature_file
 
 DOCUMENTED = (ValueError, TypeError)  # every input error of the public API is one of these
@@ -88,7 +88,10 @@ def _run(model, gallery, queries, k):
 )
 def test_precomputed_fuzz(case, topk, k, similarity):
     gallery, queries = case
-    model = ImageRetriever("precomputed", topk=topk, similarity_fn=similarity, device="cpu")
+    model = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        topk=topk, similarity_fn=similarity,
+    )
     _run(model, gallery, queries, k)
 
 
@@ -111,7 +114,10 @@ def _images(draw, n):
 )
 def test_image_fuzz(data, n, n_queries, k):
     gallery, queries = data.draw(_images(n)), data.draw(_images(n_queries))
-    model = ImageRetriever(ENCODER, preprocessing={"size": 4}, topk=1, device="cpu", batch_size=3)
+    model = ImageRetriever(
+        ImageEncoder(ENCODER, preprocessing={"size": 4}, device="cpu", batch_size=3),
+        topk=1,
+    )
     _run(model, gallery, queries, k)
 
 
@@ -132,8 +138,8 @@ _OTHER_NAMES = [
 def model_file(tmp_path_factory):
     """A fine-tuned (arcface) retriever's file, and the answers the file must give."""
     model = ImageRetriever(
-        TinyEncoder(), preprocessing={"size": 8}, device="cpu", topk=3, head="arcface", max_epochs=1,
-        batch_size=6, random_state=0,
+        ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu", batch_size=6), topk=3,
+        head="arcface", max_epochs=1, random_state=0,
     ).fit(GALLERY, list("aabbccddeeff"))
     path = model.save(tmp_path_factory.mktemp("model") / "model.skr")
     return path.read_bytes(), _answers(model)
@@ -280,7 +286,7 @@ def test_mutated_model_file_is_refused_or_answers_as_saved(model_file, data, tmp
 
 @pytest.fixture(scope="module")
 def prototype_file(tmp_path_factory):
-    model = ImageRetriever("precomputed", device="cpu").fit(RNG.random((12, 5)), np.arange(12) % 3)
+    model = ImageRetriever(ImageEncoder("precomputed", device="cpu")).fit(RNG.random((12, 5)), np.arange(12) % 3)
     model.prototype_ids_ = np.array([f"img{i}.png" for i in range(12)])
     path = model.dump_prototype(tmp_path_factory.mktemp("prototype") / "gallery.npz")
     return path.read_bytes(), (model.prototype_, model.prototype_labels_, model.prototype_ids_)
@@ -312,7 +318,7 @@ def test_mutated_prototype_file_is_refused_or_read_as_written(prototype_file, da
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = ImageRetriever("precomputed", device="cpu").fit(path)
+            model = ImageRetriever(ImageEncoder("precomputed", device="cpu")).fit(path)
         except ValueError:  # values fit refuses (NaN, one class, ...) in an edited header's data
             assert kind == "declared size or dtype"
             return

@@ -103,7 +103,10 @@ def test_an_untraceable_module_warns_and_runs_eagerly():
 
 def test_threads_build_each_copy_once_and_agree():
     images = _images(40)
-    model = ImageRetriever(TinyEncoder(), compile="freeze", batch_size=8, topk=3, **TINY).fit(images)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), compile="freeze", batch_size=8, **TINY),
+        topk=3,
+    ).fit(images)
     queries = [_images(8, seed=s) for s in range(16)]
     serial = [model.transform(q) for q in queries]
     model._inference_runner = model._new_runner()  # threads race to build the copies
@@ -116,7 +119,9 @@ def test_threads_build_each_copy_once_and_agree():
 
 def test_fast_copies_are_never_pickled_or_cloned():
     images = _images(10)
-    model = ImageRetriever(TinyEncoder(), compile="freeze", batch_size=4, **TINY).fit(images)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), compile="freeze", batch_size=4, **TINY),
+    ).fit(images)
     expected = model.transform(images)
     assert model._inference_runner._frozen  # built
     for restored in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
@@ -129,7 +134,9 @@ def test_fast_copies_are_never_pickled_or_cloned():
 
 def test_threads_querying_an_unpickled_model_build_its_copy_once():
     images = _images(16)
-    model = ImageRetriever(TinyEncoder(), compile="freeze", batch_size=8, **TINY).fit(images)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), compile="freeze", batch_size=8, **TINY),
+    ).fit(images)
     model.transform(images)
     restored = pickle.loads(pickle.dumps(model))
 
@@ -148,8 +155,8 @@ def test_refit_after_training_rebuilds_the_copies():
     rng = np.random.default_rng(0)
     images, labels = rng.random((16, 10, 10, 3)).astype(np.float32), np.repeat([0, 1], 8)
     model = ImageRetriever(
-        TinyEncoder(), compile="freeze", head="linear", fine_tune="all", max_epochs=2, lr=0.1,
-        batch_size=8, random_state=0, **TINY,
+        ImageEncoder(TinyEncoder(), compile="freeze", batch_size=8, **TINY),
+        head="linear", fine_tune="all", max_epochs=2, lr=0.1, random_state=0,
     ).fit(images, labels)
     before = model._inference_runner
     model.transform(images)
@@ -176,11 +183,14 @@ def test_auto_rules():
 
 
 def test_a_fit_that_trains_a_head_encodes_in_fp32_eagerly():
-    model = ImageRetriever(TinyEncoder(), encode_precision="bf16", compile="freeze", head="linear", device="cpu")
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), encode_precision="bf16", compile="freeze", device="cpu"),
+        head="linear",
+    )
     model._fit_encoder()
     assert model._inference_mode(10_000, exact=True) == ("eager", torch.float32)
     assert model._inference_mode(10_000, exact=False) == ("freeze", torch.bfloat16)  # queries
-    assert ImageRetriever("efficientnet_lite0").get_params()["encode_precision"] == "fp32"
+    assert ImageEncoder().get_params()["encode_precision"] == "fp32"
 
 
 def test_bf16_features_are_cached_apart_from_fp32(tmp_path):

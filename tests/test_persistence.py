@@ -15,7 +15,7 @@ import torch
 from helpers import TinyEncoder
 
 import skretrieval
-from skretrieval import ImageRetriever, InconsistentVersionWarning, load
+from skretrieval import ImageEncoder, ImageRetriever, InconsistentVersionWarning, load
 
 RNG = np.random.default_rng(0)
 GALLERY = RNG.random((12, 10, 10, 3)).astype(np.float32)
@@ -24,8 +24,8 @@ LABELS = np.array(list("aabbccddeeff"))
 
 
 def _fitted(**params):
-    params = {"preprocessing": {"size": 8}, "device": "cpu", "topk": 3, **params}
-    return ImageRetriever(TinyEncoder(), **params).fit(GALLERY, LABELS)
+    encoding = ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu")
+    return ImageRetriever(encoding, **{"topk": 3, **params}).fit(GALLERY, LABELS)
 
 
 def test_safe_format_and_joblib_give_identical_neighbours(tmp_path):
@@ -49,7 +49,10 @@ def test_safe_format_and_joblib_give_identical_neighbours(tmp_path):
 
 def test_precomputed_round_trip_with_string_ids(tmp_path):
     features = RNG.random((6, 4))
-    model = ImageRetriever("precomputed", device="cpu", topk=2).fit(features, [1, 1, 2, 2, 3, 3])
+    model = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        topk=2,
+    ).fit(features, [1, 1, 2, 2, 3, 3])
     model.prototype_ids_ = np.array([f"img{i}.png" for i in range(6)], dtype=object)
     loaded = load(model.save(tmp_path / "m.skr"))
     np.testing.assert_array_equal(loaded.kneighbors(features)[1], model.kneighbors(features)[1])
@@ -66,7 +69,10 @@ def test_user_module_must_be_rebound(tmp_path):
 
 
 def test_unjsonable_parameter_names_the_fix(tmp_path):
-    model = ImageRetriever("precomputed", vote=lambda s: np.ones_like(s), device="cpu").fit(np.eye(3))
+    model = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+        vote=lambda s: np.ones_like(s),
+    ).fit(np.eye(3))
     with pytest.raises(ValueError, match="vote=.*joblib"):
         model.save(tmp_path / "m.skr")
 
@@ -81,7 +87,9 @@ def _rewrite(path, **members):
 
 
 def test_unknown_version_and_type_are_refused(tmp_path):
-    path = ImageRetriever("precomputed", device="cpu").fit(np.eye(3)).save(tmp_path / "m.skr")
+    path = ImageRetriever(
+        ImageEncoder("precomputed", device="cpu"),
+    ).fit(np.eye(3)).save(tmp_path / "m.skr")
     with zipfile.ZipFile(path) as archive:
         meta = json.loads(archive.read("meta.json"))
     _rewrite(path, **{"meta.json": json.dumps({**meta, "format_version": 99})})
@@ -122,14 +130,14 @@ def test_gpu_saved_model_loads_on_cpu(tmp_path):
     model = _fitted()
     expected = model.kneighbors(QUERIES)
     # As if fitted on a GPU machine: the parameters and device say CUDA.
-    model.set_params(device="cuda")
+    model.set_params(encoder__device="cuda")
     model.device_ = torch.device("cuda")
     path = model.save(tmp_path / "model.skr")
     if torch.cuda.is_available():
         pytest.skip("this test simulates a machine without a GPU")
     loaded = load(path, encoder=TinyEncoder())
     assert loaded.device_.type == "cpu"
-    assert loaded.get_params()["device"] == "cuda"
+    assert loaded.get_params()["encoder__device"] == "cuda"
     np.testing.assert_array_equal(loaded.kneighbors(QUERIES)[1], expected[1])
     # The pickled path remaps too (torch.load map_location in __setstate__).
     unpickled = pickle.loads(pickle.dumps(model))
@@ -137,7 +145,7 @@ def test_gpu_saved_model_loads_on_cpu(tmp_path):
 
 
 def test_pickle_from_another_version_warns():
-    model = ImageRetriever("precomputed", device="cpu").fit(np.eye(3))
+    model = ImageRetriever(ImageEncoder("precomputed", device="cpu")).fit(np.eye(3))
     state = model.__getstate__()
     assert state["_skretrieval_version"] == skretrieval.__version__
     state["_skretrieval_version"] = "0.0.1"
@@ -153,7 +161,10 @@ def test_pickle_from_another_version_warns():
 
 def test_named_encoder_is_saved_by_name_and_weights(tmp_path):
     # Randomly initialised: only the saved weights can reproduce its neighbours.
-    model = ImageRetriever("mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu", topk=2)
+    model = ImageRetriever(
+        ImageEncoder("mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu"),
+        topk=2,
+    )
     model.fit(GALLERY, LABELS)
     path = model.save(tmp_path / "named.skr")
     with zipfile.ZipFile(path) as archive:
@@ -171,7 +182,7 @@ def test_named_encoder_is_saved_by_name_and_weights(tmp_path):
 
 
 def _tiny_fine_tuned(head, fine_tune, **params):
-    params = {"head": head, "fine_tune": fine_tune, "max_epochs": 2, "batch_size": 6, "random_state": 0, **params}
+    params = {"head": head, "fine_tune": fine_tune, "max_epochs": 2, "random_state": 0, **params}
     return _fitted(**params)
 
 
@@ -196,7 +207,10 @@ def test_fine_tuned_model_round_trips_with_its_answers(tmp_path, head, fine_tune
     assert not any(name.endswith((".pkl", ".pt")) for name in names)  # weights as safetensors, never pickle
     loaded = load(path, encoder=TinyEncoder())
     _assert_same_answers(loaded, model)
-    assert loaded.get_params() == {**model.get_params(), "encoder": loaded.encoder}
+    modules = ("encoder", "encoder__encoder")  # the module objects: the one given to load
+    assert {k: v for k, v in loaded.get_params().items() if k not in modules} == {
+        k: v for k, v in model.get_params().items() if k not in modules
+    }
     assert meta["head_kind"] == "name" and loaded.n_iter_ == model.n_iter_ == 2
     assert loaded.loss_curve_ == model.loss_curve_ and loaded.history_.column("loss") == model.loss_curve_
     for name in ("projection_", "head_", "encoder_"):
@@ -210,8 +224,8 @@ def test_fine_tuned_model_round_trips_with_its_answers(tmp_path, head, fine_tune
 
 def test_named_encoder_fine_tuned_all_round_trips(tmp_path):
     model = ImageRetriever(
-        "mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu", topk=2,
-        head="arcface", fine_tune="all", max_epochs=1, batch_size=6, random_state=0,
+        ImageEncoder("mobilenet_v3_small", weights=None, preprocessing={"size": 32}, device="cpu", batch_size=6), topk=2,
+        head="arcface", fine_tune="all", max_epochs=1, random_state=0,
     ).fit(GALLERY, LABELS)
     loaded = load(model.save(tmp_path / "named.skr"))
     _assert_same_answers(loaded, model)
@@ -266,11 +280,12 @@ def test_missing_file_raises_file_not_found(tmp_path):
 
 
 def test_format_version_1_files_still_load(tmp_path):
-    model = ImageRetriever("precomputed", device="cpu", topk=1).fit(np.eye(3), ["a", "b", "c"])
+    model = ImageRetriever(ImageEncoder("precomputed", device="cpu"), topk=1).fit(np.eye(3), ["a", "b", "c"])
     path = model.save(tmp_path / "m.skr")
     contents = model_files.entries(path)
     meta = json.loads(contents["meta.json"])
     fitted = meta.pop("fitted")
+    meta["params"].update(meta.pop("encoder_options"))  # version 1: the encoding options were the retriever's
     meta.update(format_version=1, skipped=fitted["skipped_"], n_features_in=fitted["n_features_in_"])
     for key in ("head_kind", "head_class", "head_n_classes"):
         meta.pop(key)
@@ -387,7 +402,7 @@ PEAK_BOUND_MIB = 32  # the refusal's memory, beyond the interpreter's after impo
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and ru_maxrss in KiB")
 def test_deflate_bomb_is_refused_in_bounded_memory(tmp_path):
     """A 3 MB file whose prototype inflates to 3 GiB (6.7 GiB peak before the checks)."""
-    path = ImageRetriever("precomputed", device="cpu").fit(np.eye(3)).save(tmp_path / "m.skr")
+    path = ImageRetriever(ImageEncoder("precomputed", device="cpu")).fit(np.eye(3)).save(tmp_path / "m.skr")
     bomb = tmp_path / "bomb.skr"
     model_files.deflate_bomb(bomb, model_files.entries(path), "arrays.safetensors", 3 << 30)
     assert bomb.stat().st_size < 4 << 20

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import TinyEncoder
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval.metrics import retrieval_report
 
 HEADS = ["linear", "arcface", "triplet", "supcon"]
@@ -59,12 +59,14 @@ def test_queries_are_embedded_once_per_head(head):
 def test_image_encoder_with_head_embeds_images_once(colour_images, tiny_prep):
     images, labels = colour_images
     model = ImageRetriever(
-        TinyEncoder(), preprocessing=tiny_prep, device="cpu", head="arcface", embedding_dim=5,
-        max_epochs=2, random_state=0,
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"),
+        head="arcface", embedding_dim=5, max_epochs=2, random_state=0,
     ).fit(images, labels)
     embedded = model.transform(images[:6])
     assert embedded.shape == (6, 5)
-    features = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu").fit(images).transform(images[:6])
+    features = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"),
+    ).fit(images).transform(images[:6])
     np.testing.assert_allclose(embedded, model.projection_.project(features), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(
         model.kneighbors(images[:6], 4, return_distance=False),
@@ -86,7 +88,9 @@ def test_without_a_head_embedded_changes_nothing():
 
 def test_embedded_takes_only_a_feature_matrix(colour_images, tiny_prep):
     images, labels = colour_images
-    model = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu").fit(images, labels)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"),
+    ).fit(images, labels)
     with pytest.raises(ValueError, match="embedded=True takes embeddings"):
         model.search(images[:2], 1, embedded=True)
     with pytest.raises(ValueError, match="embedded=True only for embeddings"):

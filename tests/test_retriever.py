@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from helpers import TinyEncoder
 from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def blobs():
 
 
 def _retriever(**params):
-    return ImageRetriever(encoder="precomputed", device="cpu", **params)
+    return ImageRetriever(ImageEncoder("precomputed", device="cpu"), **params)
 
 
 def test_kneighbors_matches_sklearn_cosine(blobs):
@@ -192,11 +194,12 @@ def test_continuous_y_is_refused():
         ({"topk": 0}, "topk"),
         ({"topk": -2}, "topk"),
         ({"vote": "majority"}, "vote"),
-        ({"batch_size": 0}, "batch_size"),
+        ({"encoder__batch_size": 0}, "batch_size"),
+        ({"encoder__on_error": "ignore"}, "on_error"),
     ],
 )
 def test_bad_parameters_fail_in_fit(params, match):
-    retriever = _retriever(**params)  # __init__ stores, never validates
+    retriever = _retriever().set_params(**params)  # __init__ and set_params store, never validate
     with pytest.raises(ValueError, match=match):
         retriever.fit(np.eye(3))
 
@@ -219,9 +222,29 @@ def test_feature_count_mismatch_at_query_time():
 
 def test_unknown_encoder_name_lists_choices():
     with pytest.raises(ValueError, match="Unknown encoder 'no_such_net'.*list_encoders"):
-        ImageRetriever("no_such_net", device="cpu").fit(np.zeros((2, 8, 8, 3)))
+        ImageRetriever(ImageEncoder("no_such_net", device="cpu")).fit(np.zeros((2, 8, 8, 3)))
 
 
 def test_bad_device():
     with pytest.raises(ValueError, match="device='gpu0'"):
-        ImageRetriever("precomputed", device="gpu0").fit(np.eye(3))
+        ImageRetriever(ImageEncoder("precomputed", device="gpu0")).fit(np.eye(3))
+
+
+def test_encoding_options_live_on_the_composed_image_encoder(colour_images, tiny_prep):
+    """Each encoding option is declared once, on ImageEncoder; the retriever composes it."""
+    images, labels = colour_images
+    encoding = ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu", batch_size=5)
+    retriever = ImageRetriever(encoding, topk=1)
+    shared = set(ImageEncoder().get_params()) & set(ImageRetriever().get_params(deep=False))
+    assert shared == {"encoder", "verbose"}
+    assert retriever.get_params()["encoder__batch_size"] == 5
+    retriever.fit(images, labels)
+    assert not hasattr(encoding, "encoder_")  # given options are read, never fitted or modified
+    alone = ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu").fit(images)
+    np.testing.assert_array_equal(retriever.prototype_, alone.transform(images))
+    # a name or module is short for ImageEncoder(encoder) with its defaults
+    shortcut = ImageRetriever("precomputed").fit(np.eye(3))
+    assert shortcut.device_ == ImageEncoder("precomputed").fit(np.eye(3)).device_
+    search = GridSearchCV(retriever, {"encoder__batch_size": [1, 7], "topk": [1, 3]}, cv=2).fit(images, labels)
+    assert {p["encoder__batch_size"] for p in search.cv_results_["params"]} == {1, 7}
+    assert search.best_score_ == 1.0

@@ -18,7 +18,7 @@ def test_pipeline_encoder_pca_retriever(tiny_encoder, tiny_prep, colour_images):
     pipe = make_pipeline(
         ImageEncoder(tiny_encoder, preprocessing=tiny_prep, device="cpu"),
         PCA(n_components=4, random_state=0),
-        ImageRetriever("precomputed", topk=3, device="cpu"),
+        ImageRetriever(ImageEncoder("precomputed", device="cpu"), topk=3),
     )
     pipe.fit(images, labels)
     features = pipe[0].transform(images)
@@ -30,7 +30,9 @@ def test_pipeline_encoder_pca_retriever(tiny_encoder, tiny_prep, colour_images):
 def test_grid_search_over_similarity_and_topk(tiny_prep, colour_images):
     images, labels = colour_images
     counter = CallCounter()
-    retriever = ImageRetriever(TinyEncoder(counter), preprocessing=tiny_prep, device="cpu", batch_size=64)
+    retriever = ImageRetriever(
+        ImageEncoder(TinyEncoder(counter), preprocessing=tiny_prep, device="cpu", batch_size=64),
+    )
     grid = GridSearchCV(
         retriever, {"similarity_fn": ["cosine", "euclidean", "dot"], "topk": [1, 3, 15]}, cv=3
     )
@@ -51,7 +53,9 @@ def test_fit_never_mutates_the_users_module(tiny_prep, colour_images):
     module = TinyEncoder()
     module.train()
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    retriever = ImageRetriever(module, preprocessing=tiny_prep, device="cpu").fit(images, labels)
+    retriever = ImageRetriever(
+        ImageEncoder(module, preprocessing=tiny_prep, device="cpu"),
+    ).fit(images, labels)
     assert module.training and not retriever.encoder_.training
     assert retriever.encoder_ is not module
     for key, value in module.state_dict().items():
@@ -60,7 +64,10 @@ def test_fit_never_mutates_the_users_module(tiny_prep, colour_images):
 
 def test_clone_unfitted_and_fitted(tiny_encoder, tiny_prep, colour_images):
     images, labels = colour_images
-    retriever = ImageRetriever(tiny_encoder, preprocessing=tiny_prep, topk=3, device="cpu")
+    retriever = ImageRetriever(
+        ImageEncoder(tiny_encoder, preprocessing=tiny_prep, device="cpu"),
+        topk=3,
+    )
     fitted = clone(retriever).fit(images, labels)
     for est in (retriever, fitted):
         copy = clone(est)
@@ -71,7 +78,9 @@ def test_clone_unfitted_and_fitted(tiny_encoder, tiny_prep, colour_images):
 
 def test_joblib_round_trip(tmp_path, tiny_encoder, tiny_prep, colour_images):
     images, labels = colour_images
-    retriever = ImageRetriever(tiny_encoder, preprocessing=tiny_prep, device="cpu").fit(images, labels)
+    retriever = ImageRetriever(
+        ImageEncoder(tiny_encoder, preprocessing=tiny_prep, device="cpu"),
+    ).fit(images, labels)
     joblib.dump(retriever, tmp_path / "model.joblib")
     loaded = joblib.load(tmp_path / "model.joblib")
     for a, b in zip(retriever.kneighbors(images[:5]), loaded.kneighbors(images[:5])):
@@ -83,7 +92,9 @@ def test_model_fitted_on_gpu_loads_on_cpu(tmp_path, tiny_encoder, tiny_prep, col
     if torch.cuda.is_available():
         pytest.skip("simulates a CPU-only machine")
     images, labels = colour_images
-    retriever = ImageRetriever(tiny_encoder, preprocessing=tiny_prep, device="cpu").fit(images, labels)
+    retriever = ImageRetriever(
+        ImageEncoder(tiny_encoder, preprocessing=tiny_prep, device="cpu"),
+    ).fit(images, labels)
     expected = retriever.kneighbors(images[:4])
     retriever.device_ = torch.device("cuda")  # as recorded by a fit on a GPU machine
     joblib.dump(retriever, tmp_path / "gpu.joblib")

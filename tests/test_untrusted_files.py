@@ -18,7 +18,7 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture
 def prototype():
-    model = ImageRetriever("precomputed", device="cpu").fit(RNG.random((6, 4)), list("aabbcc"))
+    model = ImageRetriever(ImageEncoder("precomputed", device="cpu")).fit(RNG.random((6, 4)), list("aabbcc"))
     return model
 
 

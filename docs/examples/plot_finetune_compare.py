@@ -40,17 +40,17 @@ print(f"gallery: {len(X_gallery)} digits, queries: {len(X_query)} digits")
 import tempfile
 import time
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
 cache = tempfile.TemporaryDirectory()
-common = dict(preprocessing={"size": 64}, device="cpu", batch_size=64, memory=cache.name)
+encoding = ImageEncoder(preprocessing={"size": 64}, device="cpu", batch_size=64, memory=cache.name)
 retrievers = {
-    "frozen encoder": ImageRetriever(**common),
+    "frozen encoder": ImageRetriever(encoding),
     "arcface head": ImageRetriever(
-        **common, head="arcface", fine_tune="head", embedding_dim=128, max_epochs=30, random_state=0
+        encoding, head="arcface", fine_tune="head", embedding_dim=128, max_epochs=30, random_state=0
     ),
     "linear head": ImageRetriever(
-        **common, head="linear", fine_tune="head", embedding_dim=128, max_epochs=30, random_state=0
+        encoding, head="linear", fine_tune="head", embedding_dim=128, max_epochs=30, random_state=0
     ),
 }
 for name, retriever in retrievers.items():

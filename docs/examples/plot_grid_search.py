@@ -44,11 +44,13 @@ import time
 
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval.metrics import get_scorer
 
 cache = tempfile.TemporaryDirectory()
-retriever = ImageRetriever(preprocessing={"size": 64}, device="cpu", batch_size=64, memory=cache.name)
+retriever = ImageRetriever(
+    ImageEncoder(preprocessing={"size": 64}, device="cpu", batch_size=64, memory=cache.name),
+)
 grid = {
     "similarity_fn": ["cosine", "euclidean"],
     "topk": [1, 3, 5, 10],

@@ -68,9 +68,9 @@ print(f"{len(truth)} images in {folder}, {n_planted} of them planted near-duplic
 # ``find_duplicates`` links every two images whose cosine similarity reaches
 # ``min_similarity`` and returns the connected groups of linked images (so a group can
 # also form through a chain of links). Images without any near-duplicate are left out.
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
-retriever = ImageRetriever(preprocessing={"size": 128}, device="cpu").fit(folder)
+retriever = ImageRetriever(ImageEncoder(preprocessing={"size": 128}, device="cpu")).fit(folder)
 names = np.array([Path(path).name for path in retriever.prototype_ids_])
 groups = retriever.find_duplicates(min_similarity=0.9)
 for group in groups[:5]:

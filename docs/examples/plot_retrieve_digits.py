@@ -27,9 +27,9 @@ X_gallery, X_query, y_gallery, y_query = train_test_split(
 # -----------------
 # The encoder's own preprocessing resizes to 224 pixels; 64 pixels is plenty for 8x8 digits
 # and much faster on a CPU.
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
-retriever = ImageRetriever(preprocessing={"size": 64}, topk=5, device="cpu")
+retriever = ImageRetriever(ImageEncoder(preprocessing={"size": 64}, device="cpu"), topk=5)
 retriever.fit(X_gallery, y_gallery)
 print(f"gallery: {retriever.prototype_.shape[0]} digits, {retriever.prototype_.shape[1]}-d features")
 

@@ -1,6 +1,6 @@
 """Image inputs: reading ``X``, decoding files."""
 
-from ._decode import IMAGE_SUFFIXES, list_image_files, load_image
+from ._decode import IMAGE_SUFFIXES, list_image_files, list_labelled_images, load_image
 from ._inputs import FeatureInput, ImageInput, read_feature_file, read_input, to_rgb, to_unit_float
 from ._untrusted import FileFormatError
 
@@ -10,6 +10,7 @@ __all__ = [
     "FileFormatError",
     "ImageInput",
     "list_image_files",
+    "list_labelled_images",
     "load_image",
     "read_feature_file",
     "read_input",

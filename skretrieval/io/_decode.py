@@ -127,6 +127,9 @@ def _draft(image, decode_size) -> None:
 def list_image_files(directory) -> list[str]:
     """Image files below ``directory`` (recursive), sorted, by their suffix.
 
+    Hidden files and folders (a name starting with ``.``, such as ``.thumbs/`` or the
+    ``._photo.jpg`` companions macOS writes) are left out.
+
     Parameters
     ----------
     directory : str or path-like
@@ -149,7 +152,7 @@ def list_image_files(directory) -> list[str]:
     >>> from pathlib import Path
     >>> from skretrieval.io import list_image_files
     >>> root = Path(tempfile.mkdtemp())
-    >>> for name in ["b/2.PNG", "a/1.jpg", "notes.txt"]:
+    >>> for name in ["b/2.PNG", "a/1.jpg", "notes.txt", "a/._1.jpg", ".thumbs/1.jpg"]:
     ...     (root / name).parent.mkdir(exist_ok=True)
     ...     (root / name).touch()
     >>> [Path(f).relative_to(root).as_posix() for f in list_image_files(root)]
@@ -157,10 +160,69 @@ def list_image_files(directory) -> list[str]:
     """
     root = Path(directory)
     files = sorted(
-        str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        str(p) for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(p.relative_to(root)) and p.is_file()
     )
     if not files:
         raise ValueError(
             f"directory {str(root)!r} contains no image files (looked for {', '.join(IMAGE_SUFFIXES)})."
         )
     return files
+
+
+def _is_hidden(relative: Path) -> bool:
+    """A dot-file, or inside a dot-folder, below the folder listed (the folder itself may be one)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def list_labelled_images(directory) -> tuple[list[str], np.ndarray]:
+    """Image files below ``directory`` and their labels: the first folder under it.
+
+    The layout of torchvision's ``ImageFolder``: ``directory/cat/x.jpg`` and
+    ``directory/cat/kittens/y.jpg`` are both of class ``"cat"``. The files are those of
+    :func:`list_image_files`, in its order; this is how ``skretrieval index
+    --labels-from-folders`` labels a gallery.
+
+    Parameters
+    ----------
+    directory : str or path-like
+        The folder holding one sub-folder per class.
+
+    Returns
+    -------
+    files : list of str
+        Paths of the image files, sorted.
+    labels : ndarray of str of shape (n_files,)
+        The name of the class folder of each file.
+
+    Raises
+    ------
+    ValueError
+        The folder holds no image file, or image files directly inside it (they have no
+        class folder).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from skretrieval.io import list_labelled_images
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["cat/1.jpg", "cat/kittens/2.jpg", "dog/3.png"]:
+    ...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+    ...     (root / name).touch()
+    >>> files, labels = list_labelled_images(root)
+    >>> labels
+    array(['cat', 'cat', 'dog'], dtype='<U3')
+    """
+    root = Path(directory)
+    files = list_image_files(root)
+    parts = [Path(f).relative_to(root).parts for f in files]
+    unlabelled = [f for f, p in zip(files, parts) if len(p) == 1]
+    if unlabelled:
+        shown = ", ".join(repr(Path(f).name) for f in unlabelled[:3])
+        more = f" and {len(unlabelled) - 3} more" if len(unlabelled) > 3 else ""
+        raise ValueError(
+            f"{len(unlabelled)} image file(s) lie directly in {str(root)!r} ({shown}{more}), outside "
+            "any class folder; put each image in a folder named after its class (root/cat/x.jpg)."
+        )
+    return files, np.asarray([p[0] for p in parts])

@@ -54,13 +54,13 @@ class RetrievalDisplay:
     >>> import matplotlib
     >>> matplotlib.use("Agg")
     >>> import numpy as np, torch
-    >>> from skretrieval import ImageRetriever
+    >>> from skretrieval import ImageEncoder, ImageRetriever
     >>> from skretrieval.plotting import RetrievalDisplay
     >>> rng = np.random.default_rng(0)
     >>> images = rng.random((6, 8, 8, 3))
     >>> images[3:, ..., 0] = 1.0  # the last three are reddish
     >>> pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    >>> retriever = ImageRetriever(pool, preprocessing="none", device="cpu")
+    >>> retriever = ImageRetriever(ImageEncoder(pool, preprocessing="none", device="cpu"))
     >>> retriever = retriever.fit(images, [0, 0, 0, 1, 1, 1])
     >>> display = RetrievalDisplay.from_estimator(retriever, images[[0, 4]], [0, 1], topk=2)
     >>> display.axes_.shape

@@ -85,27 +85,29 @@ class FineTuneMixin:
                 )
             if self.batch_augments:
                 check_mixing(self.head, True)
-        if self.fine_tune == "all" and (isinstance(self.encoder, str) and self.encoder == "precomputed"):
+        encoder = self._options.encoder
+        if self.fine_tune == "all" and (isinstance(encoder, str) and encoder == "precomputed"):
             raise ValueError(
                 "fine_tune='all' trains the encoder, but encoder='precomputed' has none; use "
                 "fine_tune='head' to train a projection on the given features."
             )
-        if self.fine_tune == "all" and not isinstance(self.encoder, (str, nn.Module)):
+        if self.fine_tune == "all" and not isinstance(encoder, (str, nn.Module)):
             raise ValueError(
-                f"fine_tune='all' trains the encoder, but {type(self.encoder).__name__} is a plain "
+                f"fine_tune='all' trains the encoder, but {type(encoder).__name__} is a plain "
                 "callable without parameters; pass an nn.Module, or use fine_tune='head'."
             )
         return bool(self.warm_start) and getattr(self, "projection_", None) is not None
 
     def _fit_embedding_images(self, X, y, warm: bool) -> None:
         """``fine_tune="all"``: train ``encoder_`` and the projection on the images of ``X``."""
-        source = read_input(X, on_error=self.on_error)
+        source = read_input(X, on_error=self._options.on_error)
         if isinstance(source, FeatureInput):
             raise ValueError(
                 "fine_tune='all' trains the encoder on images, but X is a feature matrix; pass "
                 "images, or use fine_tune='head'."
             )
-        images, source_labels = load_images(source, self.batch_size)  # unreadable files left out
+        # unreadable files are left out, as the encoding of the gallery leaves them out
+        images, source_labels = load_images(source, self._options.batch_size)
         labels = source_labels if y is None else _aligned_labels(y, len(images), source.skipped)
         codes, n_classes = self._training_codes(labels, len(images), warm)
         self.encoder_.requires_grad_(True)
@@ -171,7 +173,7 @@ class FineTuneMixin:
             augments = build_batch_augments(self.batch_augments, self.fine_tune)
             check_mixing(head, augments)
             config = TrainingConfig(
-                max_epochs=self.max_epochs, batch_size=self.batch_size, lr=self.lr,
+                max_epochs=self.max_epochs, batch_size=self._options.batch_size, lr=self.lr,
                 weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
                 warmup_epochs=self.warmup_epochs, backbone_lr_scale=self.backbone_lr_scale,
                 batch_augments=augments, early_stopping=self.early_stopping,

@@ -16,7 +16,7 @@ from joblib import parallel_backend  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.model_selection import GridSearchCV  # noqa: E402
 
-from skretrieval import ImageRetriever  # noqa: E402
+from skretrieval import ImageEncoder, ImageRetriever  # noqa: E402
 from skretrieval.dask import ShardedRetriever, encode  # noqa: E402
 
 
@@ -94,11 +94,12 @@ def test_images_skipped_queries_and_add_agree(client, tmp_path, head):
     new_paths, new_y = _image_files(tmp_path / "new", 7, seed=1)
     (tmp_path / "bad.png").write_bytes(b"not an image")
     bad = str(tmp_path / "bad.png")
-    params = dict(preprocessing={"size": 8}, device="cpu", on_error="skip", topk=3, random_state=0)
+    encoding = ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu", on_error="skip")
+    params = dict(topk=3, random_state=0)
     if head:
         params.update(head=head, embedding_dim=4, max_epochs=2)
-    single = ImageRetriever(TinyEncoder(), **params).fit(paths, y)
-    sharded = ShardedRetriever(ImageRetriever(TinyEncoder(), **params), n_shards=3).fit(paths, y, client=client)
+    single = ImageRetriever(encoding, **params).fit(paths, y)
+    sharded = ShardedRetriever(ImageRetriever(encoding, **params), n_shards=3).fit(paths, y, client=client)
     single.add([new_paths[0], bad, *new_paths[1:]], [new_y[0], 0, *new_y[1:]])
     sharded.add([new_paths[0], bad, *new_paths[1:]], [new_y[0], 0, *new_y[1:]])
     assert list(sharded.prototype_ids_) == list(single.prototype_ids_) == paths + new_paths

@@ -50,7 +50,7 @@ def test_offline_download_fails_fast_with_a_fix():
     if cached.exists():
         pytest.skip("weights are cached on this machine")
     with pytest.raises(RuntimeError, match="cannot be downloaded.*To fix"):
-        ImageRetriever("mobilenet_v3_small", device="cpu").fit(np.zeros((1, 8, 8, 3)))
+        ImageRetriever(ImageEncoder("mobilenet_v3_small", device="cpu")).fit(np.zeros((1, 8, 8, 3)))
 
 
 def test_unknown_weights_name_lists_choices():
@@ -65,7 +65,7 @@ def test_plain_callable_encoder(colour_images):
         return batch.mean(dim=(2, 3))
 
     retriever = ImageRetriever(
-        mean_colour, preprocessing={"size": 12, "crop_pct": 1.0, "mean": (0, 0, 0), "std": (1, 1, 1)}, device="cpu"
+        ImageEncoder(mean_colour, preprocessing={"size": 12, "crop_pct": 1.0, "mean": (0, 0, 0), "std": (1, 1, 1)}, device="cpu"),
     ).fit(images, labels)
     np.testing.assert_allclose(retriever.prototype_, images.mean(axis=(1, 2)) / 255, atol=1e-6)
     assert retriever.score(images, labels) == 1.0

@@ -71,7 +71,7 @@ def test_unusual_images_decode_to_rgb(tmp_path):
 def test_raise_names_the_file_and_reason(tmp_path, kind):
     _good_files(tmp_path)
     path, reason = list(_bad_files(tmp_path / "bad").items())[kind]
-    model = ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu")
+    model = ImageRetriever(ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu"))
     with pytest.raises(ValueError, match=str(path.name)) as info:
         model.fit([*sorted(map(str, tmp_path.glob("*.*"))), str(path)])
     assert any(word in str(info.value) for word in reason.split("|"))
@@ -82,9 +82,15 @@ def test_skip_fit_keeps_everything_else_aligned(tmp_path):
     bad = sorted(map(str, _bad_files(tmp_path / "bad")))
     mixed = [good[0], bad[0], *good[1:4], bad[1], bad[2], *good[4:], bad[3]]
     labels = [f"L{i}" for i in range(len(mixed))]
-    params = {"preprocessing": {"size": 8}, "device": "cpu", "topk": 1}
-    skipping = ImageRetriever(TinyEncoder(), on_error="skip", **params).fit(mixed, labels)
-    reference = ImageRetriever(TinyEncoder(), **params).fit(good, [labels[mixed.index(g)] for g in good])
+    params = {"preprocessing": {"size": 8}, "device": "cpu"}
+    skipping = ImageRetriever(
+        ImageEncoder(TinyEncoder(), on_error="skip", **params),
+        topk=1,
+    ).fit(mixed, labels)
+    reference = ImageRetriever(
+        ImageEncoder(TinyEncoder(), **params),
+        topk=1,
+    ).fit(good, [labels[mixed.index(g)] for g in good])
     assert [path for _, path, _ in skipping.skipped_] == [mixed[1], mixed[5], mixed[6], mixed[-1]]
     assert [index for index, _, _ in skipping.skipped_] == [1, 5, 6, len(mixed) - 1]
     assert list(skipping.prototype_ids_) == good
@@ -112,7 +118,9 @@ def test_skip_fit_keeps_everything_else_aligned(tmp_path):
 def test_warn_reports_each_file(tmp_path):
     good = sorted(map(str, _good_files(tmp_path / "good").values()))
     bad = sorted(map(str, _bad_files(tmp_path / "bad")))
-    model = ImageRetriever(TinyEncoder(), on_error="warn", preprocessing={"size": 8}, device="cpu")
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), on_error="warn", preprocessing={"size": 8}, device="cpu"),
+    )
     with pytest.warns(UserWarning, match="skipped 4 unreadable") as record:
         model.fit(good + bad)
     message = str(record[0].message)
@@ -121,7 +129,9 @@ def test_warn_reports_each_file(tmp_path):
 
 def test_directory_and_empty_gallery_after_skips(tmp_path):
     bad = _bad_files(tmp_path / "bad")
-    model = ImageRetriever(TinyEncoder(), on_error="skip", preprocessing={"size": 8}, device="cpu")
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), on_error="skip", preprocessing={"size": 8}, device="cpu"),
+    )
     with pytest.raises(ValueError, match="all 4 image.*skipped"):
         model.fit(tmp_path / "bad")
     _good_files(tmp_path / "bad")
@@ -133,18 +143,24 @@ def test_directory_and_empty_gallery_after_skips(tmp_path):
 
 def test_on_error_is_validated():
     with pytest.raises(ValueError, match="on_error"):
-        ImageRetriever("precomputed", on_error="ignore").fit(np.eye(3))
+        ImageRetriever(ImageEncoder("precomputed", on_error="ignore")).fit(np.eye(3))
 
 
 def test_add_leaves_unreadable_files_out(tmp_path):
     """Regression: add(on_error="skip") appended an all-NaN row, and later queries raised."""
     good = sorted(map(str, _good_files(tmp_path / "good").values()))
     bad = sorted(map(str, _bad_files(tmp_path / "bad")))
-    params = {"preprocessing": {"size": 8}, "device": "cpu", "topk": 1}
-    model = ImageRetriever(TinyEncoder(), on_error="skip", **params).fit(good[:3], ["a", "b", "c"])
+    params = {"preprocessing": {"size": 8}, "device": "cpu"}
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), on_error="skip", **params),
+        topk=1,
+    ).fit(good[:3], ["a", "b", "c"])
     added = [bad[0], good[3], bad[1], good[4]]
     model.add(added, ["x0", "d", "x1", "e"])
-    reference = ImageRetriever(TinyEncoder(), **params).fit(good[:5], ["a", "b", "c", "d", "e"])
+    reference = ImageRetriever(
+        ImageEncoder(TinyEncoder(), **params),
+        topk=1,
+    ).fit(good[:5], ["a", "b", "c", "d", "e"])
     np.testing.assert_array_equal(model.prototype_, reference.prototype_)
     assert np.isfinite(model.prototype_).all()
     assert list(model.prototype_labels_) == ["a", "b", "c", "d", "e"]
@@ -160,14 +176,13 @@ def test_fine_tune_all_follows_on_error(tmp_path):
     bad = sorted(map(str, _bad_files(tmp_path / "bad")))
     X = [good[0], bad[0], good[1], good[2], bad[1], good[3]]
     y = [0, 9, 1, 0, 9, 1]
-    params = dict(
-        preprocessing={"size": 8}, device="cpu", head="linear", fine_tune="all", max_epochs=1,
-        random_state=0, batch_size=2,
-    )
+    encoding = dict(preprocessing={"size": 8}, device="cpu", batch_size=2)
+    params = dict(head="linear", fine_tune="all", max_epochs=1, random_state=0)
     with pytest.raises(ValueError, match="cannot|truncated"):
-        ImageRetriever(TinyEncoder(), **params).fit(X, y)
+        ImageRetriever(ImageEncoder(TinyEncoder(), **encoding), **params).fit(X, y)
     with pytest.warns(UserWarning, match="skipped 2 unreadable"):
-        model = ImageRetriever(TinyEncoder(), on_error="warn", **params).fit(X, y)
-    reference = ImageRetriever(TinyEncoder(), **params).fit(good[:4], [0, 1, 0, 1])
+        warning = ImageEncoder(TinyEncoder(), on_error="warn", **encoding)
+        model = ImageRetriever(warning, **params).fit(X, y)
+    reference = ImageRetriever(ImageEncoder(TinyEncoder(), **encoding), **params).fit(good[:4], [0, 1, 0, 1])
     assert list(model.prototype_ids_) == good[:4]
     np.testing.assert_allclose(model.prototype_, reference.prototype_, rtol=1e-5, atol=1e-6)

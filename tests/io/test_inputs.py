@@ -63,11 +63,15 @@ def test_png_files_directory_and_ids(tiny_encoder, colour_images, tmp_path):
         folder.mkdir(exist_ok=True)
         paths.append(str(folder / f"{i:03d}.png"))
         Image.fromarray(image).save(paths[-1])
-    retriever = ImageRetriever(tiny_encoder, preprocessing=TINY_PREP, device="cpu").fit(paths, labels)
+    retriever = ImageRetriever(
+        ImageEncoder(tiny_encoder, preprocessing=TINY_PREP, device="cpu"),
+    ).fit(paths, labels)
     np.testing.assert_array_equal(retriever.prototype_ids_, paths)
     encoder = _encoder(tiny_encoder)
     np.testing.assert_allclose(retriever.prototype_, encoder.transform(images), atol=1e-5)  # PNG is lossless
-    from_dir = ImageRetriever(tiny_encoder, preprocessing=TINY_PREP, device="cpu").fit(tmp_path)
+    from_dir = ImageRetriever(
+        ImageEncoder(tiny_encoder, preprocessing=TINY_PREP, device="cpu"),
+    ).fit(tmp_path)
     np.testing.assert_array_equal(from_dir.prototype_ids_, sorted(paths))
     single = retriever.transform(paths[3])
     np.testing.assert_allclose(single, retriever.prototype_[3:4], atol=1e-6)
@@ -108,11 +112,15 @@ def test_dataset_and_dataloader_carry_labels(tiny_encoder, reference, colour_ima
     _, expected = reference
     images, labels = colour_images
     params = dict(preprocessing=TINY_PREP, device="cpu", batch_size=7)
-    from_dataset = ImageRetriever(tiny_encoder, **params).fit(_PairDataset(images, labels))
+    from_dataset = ImageRetriever(
+        ImageEncoder(tiny_encoder, **params),
+    ).fit(_PairDataset(images, labels))
     np.testing.assert_allclose(from_dataset.prototype_, expected, atol=1e-5)
     np.testing.assert_array_equal(from_dataset.prototype_labels_, labels)
     tensors = TensorDataset(torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(labels))
-    from_loader = ImageRetriever(tiny_encoder, **params).fit(DataLoader(tensors, batch_size=5))
+    from_loader = ImageRetriever(
+        ImageEncoder(tiny_encoder, **params),
+    ).fit(DataLoader(tensors, batch_size=5))
     np.testing.assert_allclose(from_loader.prototype_, expected, atol=1e-5)
     np.testing.assert_array_equal(from_loader.prototype_labels_, labels)
     assert from_loader.score(images, labels) == 1.0
@@ -142,19 +150,21 @@ def test_reading_rules():
 )
 def test_bad_images(tiny_encoder, X, error, match):
     with pytest.raises(error, match=match):
-        ImageRetriever(tiny_encoder, preprocessing=TINY_PREP, device="cpu").fit(X)
+        ImageRetriever(ImageEncoder(tiny_encoder, preprocessing=TINY_PREP, device="cpu")).fit(X)
 
 
 def test_unreadable_image_names_the_file(tiny_encoder, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
     with pytest.raises(ValueError, match="broken.jpg"):
-        ImageRetriever(tiny_encoder, preprocessing=TINY_PREP, device="cpu").fit([str(bad)])
+        ImageRetriever(
+            ImageEncoder(tiny_encoder, preprocessing=TINY_PREP, device="cpu"),
+        ).fit([str(bad)])
 
 
 def test_empty_directory(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="contains no image files"):
-        ImageRetriever(tiny_encoder, device="cpu").fit(tmp_path)
+        ImageRetriever(ImageEncoder(tiny_encoder, device="cpu")).fit(tmp_path)
 
 
 def test_precomputed_refuses_images():
@@ -170,13 +180,17 @@ def test_numpy_string_array_of_paths_is_image_files(tmp_path):
         path = tmp_path / f"{i}.png"
         Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
-    model = ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu").fit(paths)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu"),
+    ).fit(paths)
     np.testing.assert_array_equal(model.transform(np.array(paths)), model.transform(paths))
     np.testing.assert_array_equal(model.kneighbors(model.prototype_ids_[:2], 1)[1], [[0], [1]])
     # an object array of paths keeps on_error
     (tmp_path / "bad.png").write_bytes(b"not an image")
     mixed = np.array([paths[0], str(tmp_path / "bad.png")], dtype=object)
-    skipping = ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu", on_error="skip").fit(paths)
+    skipping = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu", on_error="skip"),
+    ).fit(paths)
     assert np.isnan(skipping.transform(mixed)[1]).all()
 
 
@@ -190,7 +204,7 @@ def test_grid_search_over_a_numpy_array_of_paths(tmp_path):
         paths.append(str(tmp_path / f"{i:02d}.png"))
         labels.append(i % 2)
     search = GridSearchCV(
-        ImageRetriever(TinyEncoder(), preprocessing={"size": 8}, device="cpu"),
+        ImageRetriever(ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu")),
         {"topk": [1, 3]}, cv=2, error_score="raise",
     ).fit(np.array(paths), labels)
     assert search.best_score_ == 1.0

@@ -9,7 +9,7 @@ import pytest
 from helpers import TinyEncoder
 from PIL import Image
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval.io._prefetch import ordered_map, prefetch
 
 
@@ -116,8 +116,8 @@ def test_decoding_threads_give_the_serial_result(tmp_path, on_error):
     bad = () if on_error == "raise" else (0, 7, 8, 22)
     paths = _write_pngs(tmp_path, 23, bad)
     params = {"preprocessing": {"size": 8}, "device": "cpu", "batch_size": 5, "on_error": on_error}
-    serial = ImageRetriever(TinyEncoder(), n_jobs=1, **params).fit(paths)
-    parallel = ImageRetriever(TinyEncoder(), n_jobs=3, **params).fit(paths)
+    serial = ImageRetriever(ImageEncoder(TinyEncoder(), n_jobs=1, **params)).fit(paths)
+    parallel = ImageRetriever(ImageEncoder(TinyEncoder(), n_jobs=3, **params)).fit(paths)
     np.testing.assert_array_equal(parallel.prototype_, serial.prototype_)
     assert parallel.skipped_ == serial.skipped_
     assert [index for index, _, _ in parallel.skipped_] == list(bad)
@@ -126,7 +126,9 @@ def test_decoding_threads_give_the_serial_result(tmp_path, on_error):
 
 def test_a_bad_file_raises_its_own_error_with_threads(tmp_path):
     paths = _write_pngs(tmp_path, 12, bad=(9,))
-    model = ImageRetriever(TinyEncoder(), n_jobs=2, preprocessing={"size": 8}, device="cpu", batch_size=4)
+    model = ImageRetriever(
+        ImageEncoder(TinyEncoder(), n_jobs=2, preprocessing={"size": 8}, device="cpu", batch_size=4),
+    )
     with pytest.raises(ValueError, match="009.png"):
         model.fit(paths)
     time.sleep(0.05)

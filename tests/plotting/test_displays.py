@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import TinyEncoder
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval.metrics import get_scorer, recall_at_k
 from skretrieval.plotting import RecallAtKDisplay, RetrievalDisplay
 
@@ -29,7 +29,7 @@ def _close_figures():
 @pytest.fixture
 def fitted(colour_images, tiny_prep):
     images, labels = colour_images
-    retriever = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu")
+    retriever = ImageRetriever(ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"))
     return retriever.fit(images, labels), images, labels
 
 
@@ -94,7 +94,9 @@ def _write_images(root, images, labels):
 def test_gallery_read_back_from_files(colour_images, tiny_prep, tmp_path):
     images, labels = colour_images
     _write_images(tmp_path, images, labels)
-    retriever = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu").fit(tmp_path)
+    retriever = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"),
+    ).fit(tmp_path)
     display = RetrievalDisplay.from_estimator(retriever, images[:1], topk=2)
     first = int(retriever.search(images[:1], k=1)[1][0, 0])
     assert first == 0  # files sorted: class0/000.png is image 0
@@ -119,7 +121,7 @@ def test_gallery_from_other_sources(colour_images, tiny_prep, kind):
         tensors = torch.from_numpy(images).permute(0, 3, 1, 2)
         dataset = torch.utils.data.TensorDataset(tensors, torch.from_numpy(labels))
         gallery = dataset if kind == "dataset" else torch.utils.data.DataLoader(dataset, batch_size=5)
-    retriever = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu")
+    retriever = ImageRetriever(ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"))
     retriever.fit(gallery, None if kind in ("dataset", "dataloader") else labels)
     for i in (0, 13, 23):
         np.testing.assert_allclose(retriever._gallery_image(i), expected[i], atol=1e-6)
@@ -172,8 +174,10 @@ def test_recall_display_matches_metrics(fitted, colour_images, tiny_prep):
     retriever, images, labels = fitted
     rng = np.random.default_rng(1)
     queries = np.clip(images.astype(int) + rng.integers(-90, 90, images.shape), 0, 255).astype(np.uint8)
-    other = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, similarity_fn="euclidean",
-                           device="cpu").fit(images, labels)
+    other = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"),
+        similarity_fn="euclidean",
+    ).fit(images, labels)
     ks = [1, 2, 5, 10]
     display = RecallAtKDisplay.from_estimator({"cosine": retriever, "euclidean": other}, queries, labels, ks=ks)
     assert [line.get_label() for line in display.lines_] == ["cosine", "euclidean"]
@@ -219,7 +223,9 @@ def test_pickle_keeps_paths_not_pixels(fitted, colour_images, tiny_prep, tmp_pat
         RetrievalDisplay.from_estimator(restored, images[:1], topk=1)
 
     _write_images(tmp_path, images, colour_images[1])
-    on_files = ImageRetriever(TinyEncoder(), preprocessing=tiny_prep, device="cpu").fit(tmp_path)
+    on_files = ImageRetriever(
+        ImageEncoder(TinyEncoder(), preprocessing=tiny_prep, device="cpu"),
+    ).fit(tmp_path)
     restored = pickle.loads(pickle.dumps(on_files))
     display = RetrievalDisplay.from_estimator(restored, images[5:6], topk=1)
     np.testing.assert_allclose(_shown(display.axes_[0, 1]), images[5] / 255, atol=1e-6)

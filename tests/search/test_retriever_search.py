@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.neighbors import NearestNeighbors
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 
 
 def _gallery(seed=0, n=300, dim=16):
@@ -34,7 +34,10 @@ def test_search_precision_is_validated():
     with pytest.raises(ValueError, match="search_precision"):
         ImageRetriever("precomputed", search_precision="int4").fit(gallery)
     with pytest.raises(ValueError, match="needs a GPU"):
-        ImageRetriever("precomputed", search_precision="fp16", device="cpu").fit(gallery).kneighbors(gallery[:2])
+        ImageRetriever(
+            ImageEncoder("precomputed", device="cpu"),
+            search_precision="fp16",
+        ).fit(gallery).kneighbors(gallery[:2])
 
 
 def test_gallery_stays_resident_and_is_not_pickled():

@@ -10,22 +10,22 @@ from helpers import CallCounter, TinyEncoder
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from skretrieval import ImageRetriever
+from skretrieval import ImageEncoder, ImageRetriever
 from skretrieval._sklearn_compat import InvalidParameterError
 
 PREP = {"size": 8, "crop_pct": 1.0}
 
 
-def _retriever(**params):
-    defaults = dict(preprocessing=PREP, device="cpu", batch_size=8, max_epochs=3, random_state=0)
-    return ImageRetriever(TinyEncoder(), **{**defaults, **params})
+def _retriever(encoder=None, *, batch_size=8, **params):
+    encoding = ImageEncoder(encoder or TinyEncoder(), preprocessing=PREP, device="cpu", batch_size=batch_size)
+    return ImageRetriever(encoding, **{"max_epochs": 3, "random_state": 0, **params})
 
 
 def test_frozen_backbone_is_encoded_once(colour_images):
     images, labels = colour_images
     counter = CallCounter()
     retriever = _retriever(head="arcface", fine_tune="head", max_epochs=6)
-    retriever.set_params(encoder=TinyEncoder(counter))
+    retriever.set_params(encoder__encoder=TinyEncoder(counter))
     retriever.fit(images, labels)
     assert counter.calls == 3 and counter.images == 24  # 24 gallery images in batches of 8, once
     assert retriever.n_iter_ == 6
@@ -198,10 +198,12 @@ def test_pretrained_encoder_full_fine_tuning_keeps_batchnorm_statistics():
     digits = load_digits()
     images, labels = digits.images[:48] / 16.0, digits.target[:48]
     retriever = ImageRetriever(
-        preprocessing={"size": 32}, device="cpu", head="arcface", fine_tune="all", max_epochs=1,
-        batch_size=16, embedding_dim=16, random_state=0,
+        ImageEncoder(preprocessing={"size": 32}, device="cpu", batch_size=16),
+        head="arcface", fine_tune="all", max_epochs=1, embedding_dim=16, random_state=0,
     ).fit(images, labels)
-    reference = ImageRetriever(preprocessing={"size": 32}, device="cpu").fit(images[:2])
+    reference = ImageRetriever(
+        ImageEncoder(preprocessing={"size": 32}, device="cpu"),
+    ).fit(images[:2])
     trained = dict(retriever.encoder_.named_modules())
     changed = False
     for name, module in reference.encoder_.named_modules():
@@ -219,12 +221,16 @@ def test_encoder_with_spatial_output_is_refused_before_training(colour_images, t
     images, labels = colour_images
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)  # (N, 4, 8, 8): not features
     for fine_tune in ("all", "head"):
-        model = ImageRetriever(conv, preprocessing=tiny_prep, device="cpu", head="linear",
-                               fine_tune=fine_tune, max_epochs=1)
+        model = ImageRetriever(
+            ImageEncoder(conv, preprocessing=tiny_prep, device="cpu"),
+            head="linear", fine_tune=fine_tune, max_epochs=1,
+        )
         with pytest.raises(ValueError, match=r"returned shape \(\d+, 4, 8, 8\).*\(N, D\)"):
             model.fit(images, labels)
         assert not hasattr(model, "n_iter_")
     pooled = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool2d(1))  # (N, 4, 1, 1): flattened
-    model = ImageRetriever(pooled, preprocessing=tiny_prep, device="cpu", head="linear",
-                           fine_tune="all", max_epochs=1, random_state=0).fit(images, labels)
+    model = ImageRetriever(
+        ImageEncoder(pooled, preprocessing=tiny_prep, device="cpu"),
+        head="linear", fine_tune="all", max_epochs=1, random_state=0,
+    ).fit(images, labels)
     assert model.prototype_.shape == (24, 4) and model.n_iter_ == 1
