@@ -111,7 +111,6 @@ def save(estimator, path) -> Path:
     from sklearn.utils.validation import check_is_fitted
 
     from . import __version__
-
     from ._encoder import ImageEncoder
 
     check_is_fitted(estimator)
