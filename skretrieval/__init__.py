@@ -1,13 +1,33 @@
-"""skretrieval: image-to-image retrieval as a scikit-learn estimator."""
+"""skretrieval: image-to-image retrieval as a scikit-learn estimator.
 
-__version__ = "0.1.0"
+The public names load on first use (PEP 562), so ``import skretrieval`` and
+``skretrieval --help`` import neither torch nor scikit-learn.
+"""
 
-from ._encoder import ImageEncoder
-from ._persistence import InconsistentVersionWarning, load
-from ._preprocessing import Preprocessing
-from ._retriever import ImageRetriever
-from .encoders import list_encoders
-from .io import FileFormatError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from ._version import __version__
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from ._encoder import ImageEncoder
+    from ._persistence import InconsistentVersionWarning, load
+    from ._preprocessing import Preprocessing
+    from ._retriever import ImageRetriever
+    from .encoders import list_encoders
+    from .io import FileFormatError
+
+_WHERE = {
+    "ImageEncoder": "._encoder",
+    "FileFormatError": ".io",
+    "ImageRetriever": "._retriever",
+    "InconsistentVersionWarning": "._persistence",
+    "Preprocessing": "._preprocessing",
+    "list_encoders": ".encoders",
+    "load": "._persistence",
+}
 
 __all__ = [
     "FileFormatError",
@@ -19,3 +39,15 @@ __all__ = [
     "list_encoders",
     "load",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'skretrieval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -199,7 +199,7 @@ class EncoderMixin:
             buffer = io.BytesIO()
             torch.save(state["encoder_"], buffer)
             state["encoder_"] = _SavedModule(buffer.getvalue())
-        from . import __version__
+        from ._version import __version__
 
         state["_skretrieval_version"] = __version__
         return state

@@ -93,7 +93,7 @@ class InconsistentVersionWarning(UserWarning):
 
 def check_pickled_version(original_version) -> None:
     """Warn (:class:`InconsistentVersionWarning`) when a pickle comes from another version."""
-    from . import __version__
+    from ._version import __version__
 
     if original_version is not None and original_version != __version__:
         warnings.warn(
@@ -110,8 +110,8 @@ def save(estimator, path) -> Path:
     from safetensors.torch import save as save_tensors
     from sklearn.utils.validation import check_is_fitted
 
-    from . import __version__
     from ._encoder import ImageEncoder
+    from ._version import __version__
 
     check_is_fitted(estimator)
     params = estimator.get_params(deep=False)
@@ -328,10 +328,10 @@ def _tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
 
 def _rebuild(meta: dict, encoder, head, device, path: Path):
     """The estimator of the saved parameters, its encoder built (weights not yet loaded)."""
-    from . import __version__
     from ._device import resolve_device
     from ._encoder import ImageEncoder
     from ._retriever import ImageRetriever
+    from ._version import __version__
 
     params, options = dict(meta["params"]), meta.get("encoder_options")
     known, known_options = set(ImageRetriever().get_params(deep=False)), set(ImageEncoder().get_params(deep=False))

@@ -13,16 +13,11 @@ from dataclasses import dataclass
 from numbers import Integral
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_INTERPOLATIONS = {
-    "nearest": TF.InterpolationMode.NEAREST,
-    "bilinear": TF.InterpolationMode.BILINEAR,
-    "bicubic": TF.InterpolationMode.BICUBIC,
-}
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # torchvision's InterpolationMode values
 _RESIZE_MODES = ("crop", "stretch")
 
 
@@ -91,7 +86,9 @@ class Preprocessing:
         than resizing floats on a CPU, and within 1/255 of it per pixel (the resized values
         are rounded to integers, as PIL does). Bicubic resizing always runs on floats.
         """
-        mode = _INTERPOLATIONS[self.interpolation]
+        from torchvision.transforms.v2 import functional as TF  # torchvision when images are resized
+
+        mode = TF.InterpolationMode(self.interpolation)
         if images.dtype == torch.uint8 and self.interpolation == "bicubic":
             images = images.float().div_(255.0)  # torch's uint8 bicubic is another filter
         elif images.dtype == torch.uint8 and images.ndim == 4:

@@ -100,15 +100,21 @@ def _report_skipped(args, reasons, total: int, what: str = "image") -> None:
 
 
 def _retriever(args):
-    from . import ImageRetriever
+    from . import ImageEncoder, ImageRetriever
 
     weights = None if args.weights.lower() == "none" else args.weights
     preprocessing = None if args.image_size is None else {"size": args.image_size}
-    return ImageRetriever(
+    encoding = ImageEncoder(
         args.encoder, weights=weights, preprocessing=preprocessing, batch_size=args.batch_size,
         device=args.device, on_error=_estimator_on_error(args), n_jobs=args.n_jobs,
-        compile=args.compile, encode_precision=args.precision, verbose=1, **_fine_tuning(args),
+        compile=args.compile, encode_precision=args.precision,
     )
+    return ImageRetriever(encoding, verbose=1, **_fine_tuning(args))
+
+
+def _set_encoding(retriever, **options) -> None:
+    """Set encoding options of a fitted model (whose encoder may be a name: a shortcut)."""
+    retriever.set_params(encoder=retriever._options.set_params(**options))
 
 
 def _fine_tuning(args) -> dict:
@@ -184,7 +190,7 @@ def _index(args) -> int:
     # --on-error applied to reading this gallery; the model file queries as any other
     # (Python users get an error for an unreadable query, not a row of NaN; `search` and
     # `evaluate` apply their own --on-error).
-    retriever.set_params(on_error="raise")
+    _set_encoding(retriever, on_error="raise")
     retriever.save(args.output)
     labels = "" if not args.labels_from_folders else f", {len(retriever.classes_)} labels"
     skipped = f", {len(retriever.skipped_)} skipped" if retriever.skipped_ else ""
@@ -205,7 +211,8 @@ def _has_labels(retriever) -> bool:
 def _search(args) -> int:
     retriever = _load_model(args.model)
     files = _image_files(args.queries)
-    retriever.set_params(verbose=int(len(files) > 1), on_error=_estimator_on_error(args))
+    retriever.set_params(verbose=int(len(files) > 1))
+    _set_encoding(retriever, on_error=_estimator_on_error(args))
     similarities, indices = retriever.search(files, k=args.k)
     readable = indices[:, 0] >= 0  # a query left out by --on-error has no match (index -1)
     if not readable.all():
@@ -290,7 +297,7 @@ def _evaluate(args) -> int:
     if not Path(args.query_dir).is_dir():
         raise FileNotFoundError(f"{args.query_dir!r} is not a folder; give a folder of labelled query images.")
     files, labels = _labelled_image_files(args.query_dir)
-    retriever.set_params(on_error=_estimator_on_error(args))
+    _set_encoding(retriever, on_error=_estimator_on_error(args))
     features = retriever.transform(files)  # encoded once; every metric reuses them
     unreadable = np.isnan(features).any(axis=1)  # rows of queries skipped by --on-error
     if unreadable.any():
@@ -402,7 +409,7 @@ def _pixel_limit(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(prog="skretrieval", description="Image-to-image retrieval.")
     parser.add_argument("--version", action="version", version=f"skretrieval {__version__}")

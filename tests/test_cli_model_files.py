@@ -52,7 +52,7 @@ def test_index_head_arcface_trains_a_model_search_and_evaluate_use(folders, caps
     model, _ = _index(folders, capsys, "--head", "arcface", "--fine-tune", fine_tune, "--max-epochs", "3")
     retriever = load(model)
     assert retriever.head == "arcface" and retriever.fine_tune == fine_tune and retriever.n_iter_ == 3
-    assert retriever.projection_ is not None and retriever.on_error == "raise"
+    assert retriever.projection_ is not None and retriever.get_params()["encoder__on_error"] == "raise"
     files = _query_files(folders)
 
     assert cli.main(["search", str(model), *files, "-k", "3", "--json"]) == 0
@@ -125,7 +125,7 @@ def test_max_image_pixels_option_sets_and_restores_the_limit(folders, capsys):
     model, _ = _index(folders, capsys)
     query = str(folders / "queries" / "red" / "06.png")  # 12 x 12 = 144 pixels
     default = Image.MAX_IMAGE_PIXELS
-    assert cli.main(["search", str(model), query, "--max-image-pixels", "100"]) == 1
+    assert cli.main(["search", str(model), query, "--max-image-pixels", "100", "--on-error", "raise"]) == 1
     error = capsys.readouterr().err.splitlines()[-2]
     assert "PIL.Image.MAX_IMAGE_PIXELS (100 pixels)" in error and "--max-image-pixels n" in error
     assert Image.MAX_IMAGE_PIXELS == default

@@ -3,34 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from torch import nn
-
-from .._preprocessing import Preprocessing
-
-
-@dataclass
-class BuiltEncoder:
-    """What a builder returns: the feature extractor and the preprocessing it was trained with.
-
-    Parameters
-    ----------
-    module : nn.Module
-        Maps a preprocessed batch ``(N, 3, H, W)`` to pooled features ``(N, D)``.
-    preprocessing : Preprocessing
-        The resizing and normalisation the module's weights expect.
-
-    Examples
-    --------
-    >>> from skretrieval.encoders import create_encoder
-    >>> built = create_encoder("efficientnet_lite0")
-    >>> built.preprocessing.size
-    (224, 224)
-    """
-
-    module: nn.Module
-    preprocessing: Preprocessing
+from ._built import BuiltEncoder
+from ._torchvision import build_torchvision_encoder, torchvision_model_names
 
 
 _BUILDERS: dict[str, Callable[..., BuiltEncoder]] = {}
@@ -90,8 +65,6 @@ def list_encoders(torchvision_models: bool = True) -> list[str]:
     """
     names = sorted(_BUILDERS)
     if torchvision_models:
-        from ._torchvision import torchvision_model_names
-
         names += [n for n in torchvision_model_names() if n not in _BUILDERS]
     return names
 
@@ -121,8 +94,6 @@ def create_encoder(name: str, weights="DEFAULT") -> BuiltEncoder:
     """
     if name in _BUILDERS:
         return _BUILDERS[name](weights=weights)
-    from ._torchvision import build_torchvision_encoder, torchvision_model_names
-
     if name in torchvision_model_names():
         return build_torchvision_encoder(name, weights=weights)
     raise ValueError(

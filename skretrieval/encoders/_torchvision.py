@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._preprocessing import Preprocessing
-from ._registry import BuiltEncoder
+from ._built import BuiltEncoder
 
 
 @functools.cache

@@ -38,7 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._preprocessing import Preprocessing
-from ._registry import BuiltEncoder, register_encoder
+from ._built import BuiltEncoder
+from ._registry import register_encoder
 
 __all__ = ["EfficientNetLite", "efficientnet_lite0"]
 
