@@ -3,7 +3,8 @@
 A model file is a zip archive of uncompressed entries:
 
 * ``meta.json``: ``format_version``, the class, the skretrieval version, the parameters
-  (``get_params``), the device it was fitted on, how the encoder and head are stored, and
+  (``get_params``; an ``ImageEncoder`` given as ``encoder=`` by its own options), the
+  device it was fitted on, how the encoder and head are stored, and
   every fitted attribute that is a JSON value (``n_iter_``, ``history_``, ``skipped_``, ...);
 * ``arrays.safetensors``: ``prototype_`` and the label codes;
 * ``<attribute>.npy``: every other fitted array (``prototype_labels_``, ``prototype_ids_``,
@@ -208,9 +209,10 @@ def load(path, *, encoder=None, head=None, device=None):
     path : str or Path
         The model file (a zip archive; ``.skr`` by convention).
     encoder : nn.Module or callable, default=None
-        Required when the model was fitted with your own module or callable: the file holds
-        its weights, never its code. The module must have the same architecture; its copy
-        receives the saved weights.
+        Required when the model was fitted with your own module or callable (alone or in an
+        ``ImageEncoder``, whose options the file keeps): the file holds its weights, never
+        its code. The module must have the same architecture; its copy receives the saved
+        weights.
     head : nn.Module or callable, default=None
         Required when the model was fine-tuned with your own head: as ``encoder``, a copy of
         the module receives the trained weights.
