@@ -35,7 +35,9 @@ exclude_patterns = ["_build", "_ext", "examples/GALLERY_HEADER.rst", "auto_examp
 myst_heading_anchors = 3
 
 autosummary_generate = True
-autodoc_default_options = {"members": True}
+# Methods a class inherits from the package's own mixins (e.g. kneighbors from the shared
+# gallery core) are its API too; those of scikit-learn's and torch's base classes are not.
+autodoc_default_options = {"members": True, "inherited-members": "BaseEstimator,Module,object"}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 
