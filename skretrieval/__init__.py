@@ -17,9 +17,11 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from ._preprocessing import Preprocessing
     from ._retriever import ImageRetriever
     from .encoders import list_encoders
+    from .io import FileFormatError
 
 _WHERE = {
     "ImageEncoder": "._encoder",
+    "FileFormatError": ".io",
     "ImageRetriever": "._retriever",
     "InconsistentVersionWarning": "._persistence",
     "Preprocessing": "._preprocessing",
@@ -28,6 +30,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "FileFormatError",
     "ImageEncoder",
     "ImageRetriever",
     "InconsistentVersionWarning",

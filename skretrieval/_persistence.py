@@ -1,17 +1,21 @@
 """Safe save/load of a fitted :class:`ImageRetriever`: JSON, safetensors and ``.npy``, never pickle.
 
-A model file is a zip archive holding
+A model file is a zip archive of uncompressed entries:
 
 * ``meta.json``: ``format_version``, the class, the skretrieval version, the parameters
-  (``get_params``), the device it was fitted on, how the encoder is stored and the fitted
-  scalars (``threshold_``, ``outlier_label_``);
+  (``get_params``; an ``ImageEncoder`` given as ``encoder=`` by its own options), the
+  device it was fitted on, how the encoder and head are stored, and
+  every fitted attribute that is a JSON value (``n_iter_``, ``history_``, ``skipped_``, ...);
 * ``arrays.safetensors``: ``prototype_`` and the label codes;
-* ``labels.npy``/``ids.npy``/``classes.npy``: labels and ids (strings too), read with
-  ``allow_pickle=False``;
-* ``weights.safetensors``: the encoder's ``state_dict`` (when it is an ``nn.Module``).
+* ``<attribute>.npy``: every other fitted array (``prototype_labels_``, ``prototype_ids_``,
+  ``classes_``, ...; strings too), read with ``allow_pickle=False``;
+* ``weights.safetensors``, ``projection_.safetensors``, ``head_.safetensors``: the
+  ``state_dict`` of the encoder, the trained projection and the trained head (each when it
+  is an ``nn.Module``).
 
-No code is ever loaded from the file: a built-in encoder is rebuilt by name and its weights
-loaded; a user's module or callable is passed again as ``load(path, encoder=...)``.
+No code is ever loaded from the file: a built-in encoder or head is rebuilt by name and its
+weights loaded; a user's module or callable is passed again as ``load(path, encoder=...,
+head=...)``. Every entry is checked before it is read (:mod:`skretrieval.io._untrusted`).
 """
 
 from __future__ import annotations
@@ -19,18 +23,36 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+from .io._untrusted import (
+    FileFormatError,
+    entry_pattern,
+    open_archive,
+    read_json,
+    read_npy,
+    read_safetensors,
+    refusing,
+)
+
+FORMAT_VERSION = 2  # 2: fine-tuned models (projection_, head_) and every fitted attribute
+_READABLE_VERSIONS = (1, 2)
 _CLASSES = ("ImageRetriever",)
-_ARRAY_ATTRIBUTES = ("prototype_labels_", "prototype_ids_", "classes_")
-_SCALAR_ATTRIBUTES = ("threshold_", "outlier_label_")  # fitted JSON values, in meta["fitted"]
+_KIND = "skretrieval model file"
+_MODULES = {"encoder_": "weights.safetensors", "projection_": "projection_.safetensors", "head_": "head_.safetensors"}
+# Fitted attributes load rebuilds itself (from the parameters, or the entries above).
+_REBUILT = {"encoder_", "preprocessing_", "device_", "projection_", "head_", "prototype_"}
+_REQUIRED = ("meta.json", "arrays.safetensors", "prototype_labels_.npy", "prototype_ids_.npy", "classes_.npy")
+_FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")
+_ENTRY = entry_pattern(
+    r"meta\.json", r"arrays\.safetensors", *(re.escape(e) for e in _MODULES.values()), r"[a-z][a-z0-9_]*_\.npy"
+)
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -83,63 +105,117 @@ def check_pickled_version(original_version) -> None:
 
 def save(estimator, path) -> Path:
     """Write a fitted ``estimator`` to the zip archive ``path`` (see the module docstring)."""
+    import zipfile
+
     from safetensors.numpy import save as save_arrays
     from safetensors.torch import save as save_tensors
     from sklearn.utils.validation import check_is_fitted
 
+    from ._encoder import ImageEncoder
     from ._version import __version__
 
     check_is_fitted(estimator)
-    if getattr(estimator, "projection_", None) is not None or getattr(estimator, "head", None) is not None:
-        raise ValueError(
-            "save does not store fine-tuned heads yet; persist this retriever with joblib.dump "
-            "(pickle: load only files you trust), or save one fitted with head=None."
-        )
     params = estimator.get_params(deep=False)
-    encoder = params["encoder"]
-    encoder_kind = "name" if isinstance(encoder, str) else "module" if isinstance(encoder, nn.Module) else "callable"
-    if encoder_kind != "name":
-        params["encoder"] = None  # rebound by load(path, encoder=...)
-    params = {name: _jsonable(name, value) for name, value in params.items()}
+    options = None  # the encoding options of an ImageEncoder given as encoder=
+    if isinstance(params["encoder"], ImageEncoder):
+        options = params["encoder"].get_params(deep=False)
+        params["encoder"] = options.pop("encoder")
+    kinds = {role: _kind(params[role]) for role in ("encoder", "head")}
+    classes = {role: None if kinds[role] in (None, "name") else type(params[role]).__qualname__ for role in kinds}
+    for role, kind in kinds.items():
+        if kind in ("module", "callable"):
+            params[role] = None  # rebound by load(path, encoder=..., head=...)
+    params = {name: _jsonable(f"parameter {name}", value) for name, value in params.items()}
+    if options is not None:
+        options = {name: _jsonable(f"parameter encoder__{name}", value) for name, value in options.items()}
+    fitted, arrays, modules = _fitted_state(estimator)
     meta = {
         "format_version": FORMAT_VERSION,
         "class": type(estimator).__name__,
         "skretrieval_version": __version__,
         "params": params,
-        "encoder_kind": encoder_kind,
-        "encoder_class": None if encoder_kind == "name" else type(encoder).__qualname__,
+        "encoder_options": options,
+        "encoder_kind": kinds["encoder"],
+        "encoder_class": classes["encoder"],
+        "head_kind": kinds["head"],
+        "head_class": classes["head"],
+        "head_n_classes": _head_n_classes(getattr(estimator, "head_", None)),
         "fitted_device": str(estimator.device_),
-        "n_features_in": getattr(estimator, "n_features_in_", None),
-        "skipped": [list(map(_json_item, s)) for s in getattr(estimator, "skipped_", [])],
-        "fitted": {name: _json_item(getattr(estimator, name, None)) for name in _SCALAR_ATTRIBUTES},
+        "fitted": fitted,
     }
-    arrays = {
+    gallery = {
         "prototype_": np.ascontiguousarray(estimator.prototype_, dtype=np.float32),
         "label_codes": np.ascontiguousarray(estimator._label_codes, dtype=np.int64),
     }
     path = Path(path)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=1))
-        archive.writestr("arrays.safetensors", save_arrays(arrays))
-        for name in _ARRAY_ATTRIBUTES:
-            archive.writestr(f"{name}.npy", _npy_bytes(getattr(estimator, name)))
-        if isinstance(estimator.encoder_, nn.Module):
-            state = {k: v.detach().cpu().contiguous() for k, v in estimator.encoder_.state_dict().items()}
-            archive.writestr("weights.safetensors", save_tensors(state))
+        archive.writestr("arrays.safetensors", save_arrays(gallery))
+        for name, values in arrays.items():
+            archive.writestr(f"{name}.npy", _npy_bytes(values))
+        for name, module in modules.items():
+            state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            archive.writestr(_MODULES[name], save_tensors(state))
     return path
 
 
-def load(path, *, encoder=None, device=None):
+def _kind(value) -> str | None:
+    """How a parameter's encoder or head is stored: by name, or rebound at load."""
+    if value is None or isinstance(value, str):
+        return None if value is None else "name"
+    return "module" if isinstance(value, nn.Module) else "callable"
+
+
+def _fitted_state(estimator):
+    """The public fitted attributes, split into JSON values, arrays and modules.
+
+    Generic on purpose: a new fitted attribute (a float ``threshold_``, an array) is saved
+    and loaded without code here. Those load rebuilds itself are left out.
+    """
+    fitted, arrays, modules = {}, {}, {}
+    for name, value in vars(estimator).items():
+        if not _FITTED_NAME.fullmatch(name):
+            continue
+        if name in _MODULES:
+            if isinstance(value, nn.Module):
+                modules[name] = value
+        elif name in _REBUILT:
+            continue
+        elif isinstance(value, np.ndarray):
+            arrays[name] = value
+        else:
+            fitted[name] = _jsonable(f"fitted attribute {name}", value)
+    return fitted, arrays, modules
+
+
+def _head_n_classes(head) -> int | None:
+    """The class count a named head was built with, read from its classifier (None: it has none)."""
+    classifier = getattr(head, "classifier", None)
+    if classifier is None:
+        return None
+    return int(getattr(classifier, "n_classes", None) or classifier.out_features)
+
+
+def load(path, *, encoder=None, head=None, device=None):
     """Load a model written by :meth:`ImageRetriever.save`, without unpickling anything.
+
+    The file is checked before any of it is read: only the entries ``save`` writes, each
+    once and uncompressed, each entry's size equal to what its own header declares, all of
+    them within the file (see :doc:`/persistence`). So opening a file costs about its size
+    in memory at most, whatever it claims to hold.
 
     Parameters
     ----------
     path : str or Path
         The model file (a zip archive; ``.skr`` by convention).
     encoder : nn.Module or callable, default=None
-        Required when the model was fitted with your own module or callable: the file holds
-        its weights, never its code. The module must have the same architecture; its copy
-        receives the saved weights.
+        Required when the model was fitted with your own module or callable (alone or in an
+        ``ImageEncoder``, whose options the file keeps): the file holds its weights, never
+        its code. The module must have the same architecture; its copy receives the saved
+        weights.
+    head : nn.Module or callable, default=None
+        Required when the model was fine-tuned with your own head: as ``encoder``, a copy of
+        the module receives the trained weights.
     device : str or torch.device, default=None
         Where to run; None keeps the saved ``device`` parameter, falling back to the CPU
         when it names a GPU this machine lacks.
@@ -147,7 +223,15 @@ def load(path, *, encoder=None, device=None):
     Returns
     -------
     estimator : ImageRetriever
-        Fitted; ``kneighbors`` and ``predict`` give the saved model's results.
+        Fitted; ``kneighbors``, ``predict`` and ``transform`` give the saved model's results.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    FileFormatError
+        The file is not a model file, is damaged, or was written by a newer skretrieval;
+        the message says why (a ``ValueError``).
 
     Examples
     --------
@@ -159,123 +243,216 @@ def load(path, *, encoder=None, device=None):
     >>> skretrieval.load(path).predict([[0.9, 0.1]])
     array(['a'], dtype='<U1')
     """
-    from safetensors.numpy import load as load_arrays
-    from safetensors.torch import load as load_tensors
-
-    from ._device import resolve_device
-    from ._retriever import ImageRetriever, _SearchCache
+    from ._retriever import _SearchCache
 
     path = Path(path)
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ValueError(f"{str(path)!r} is not a skretrieval model file (a zip archive written by save): {exc}") from exc
-    with archive:
-        try:
-            meta = json.loads(archive.read("meta.json"))
-            if not isinstance(meta, dict):
-                raise ValueError("meta.json is not an object")
-            version = meta.get("format_version")
-            if version != FORMAT_VERSION:
-                raise ValueError(
-                    f"format_version {version!r} is not supported (this skretrieval reads "
-                    f"{FORMAT_VERSION}); load it with the skretrieval version that wrote it "
-                    f"({meta.get('skretrieval_version')!r})."
-                )
-            if meta.get("class") not in _CLASSES:
-                raise ValueError(f"class {meta.get('class')!r} is unknown; accepted: {', '.join(_CLASSES)}.")
-            arrays = load_arrays(archive.read("arrays.safetensors"))
-            extra = {
-                name: np.load(io.BytesIO(archive.read(f"{name}.npy")), allow_pickle=False)
-                for name in _ARRAY_ATTRIBUTES
-            }
-            weights = (
-                load_tensors(archive.read("weights.safetensors"))
-                if "weights.safetensors" in archive.namelist() else None
-            )
-        except ValueError as exc:
-            raise ValueError(f"cannot load model file {str(path)!r}: {exc}") from exc
-        except Exception as exc:  # safetensors, numpy and zipfile raise their own kinds
-            raise ValueError(
-                f"cannot load model file {str(path)!r}: it is damaged or not written by "
-                f"skretrieval's save ({type(exc).__name__}: {exc})."
-            ) from exc
-
-    params = dict(meta["params"])
-    unknown = sorted(set(params) - set(ImageRetriever().get_params(deep=False)))
-    if unknown:
-        raise ValueError(
-            f"{str(path)!r} has parameters {unknown} that this skretrieval does not know; it was "
-            f"written by skretrieval {meta.get('skretrieval_version')!r}: load it with that version."
-        )
-    kind = meta.get("encoder_kind")
-    if kind in ("module", "callable"):
-        if encoder is None:
-            raise ValueError(
-                f"{str(path)!r} was fitted with your own encoder ({meta.get('encoder_class')}); the "
-                "file holds its weights, not its code. Pass it: load(path, encoder=YourModule())."
-            )
-        params["encoder"] = encoder
-    elif encoder is not None:
-        raise ValueError(f"{str(path)!r} uses the built-in encoder {params['encoder']!r}; do not pass encoder=.")
-    if device is not None:
-        params["device"] = device
-    estimator = ImageRetriever(**params)
-    if kind == "name":
-        estimator.set_params(weights=None)  # the saved weights follow: nothing downloaded
-    try:
-        device_ = resolve_device(estimator.device)
-    except ValueError:
-        device_ = torch.device("cpu")
-    if device_.type == "cuda" and not torch.cuda.is_available():
-        estimator.set_params(device="cpu")
-    estimator._fit_encoder()
-    estimator.set_params(weights=params["weights"])
-    if weights is not None:
-        if not isinstance(estimator.encoder_, nn.Module):
-            raise ValueError(f"{str(path)!r} holds encoder weights, but encoder={encoder!r} is not an nn.Module.")
-        try:
-            estimator.encoder_.load_state_dict(weights)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"the saved weights do not fit the given encoder ({type(estimator.encoder_).__name__}): {exc}"
-            ) from exc
-        estimator.encoder_.to(estimator.device_).eval()
-    if device is None and str(estimator.device) != meta["params"]["device"]:
-        estimator.set_params(device=meta["params"]["device"])  # get_params stays as saved
-    estimator.prototype_ = arrays["prototype_"]
-    estimator._label_codes = arrays["label_codes"]
-    estimator.prototype_labels_ = extra["prototype_labels_"]
-    estimator.prototype_ids_ = extra["prototype_ids_"]
-    estimator.classes_ = extra["classes_"]
-    estimator.skipped_ = [tuple(s) for s in meta.get("skipped", [])]
-    for name in _SCALAR_ATTRIBUTES:
-        setattr(estimator, name, meta.get("fitted", {}).get(name))
+    meta, gallery, arrays, states = _read(path)
+    estimator = _rebuild(meta, encoder, head, device, path)
+    _load_modules(estimator, meta, states, gallery[0].shape[1], path)
+    estimator.prototype_, estimator._label_codes = gallery
+    for name, values in arrays.items():
+        setattr(estimator, name, values)
+    for name, value in meta["fitted"].items():
+        setattr(estimator, name, _RESTORE.get(name, lambda v: v)(value))
     estimator._search_cache = _SearchCache()  # as fit leaves it
-    if meta.get("n_features_in") is not None:
-        estimator.n_features_in_ = int(meta["n_features_in"])
     return estimator
 
 
-def _jsonable(name, value):
+def _read(path: Path):
+    """Everything in the model file, checked: ``(meta, (prototype, codes), arrays, module states)``."""
+    archive = open_archive(path, _KIND, _ENTRY)
+    with archive, refusing(path, _KIND):
+        infos = {info.filename: info for info in archive.infolist()}
+        missing = [name for name in _REQUIRED if name not in infos]
+        if missing:
+            raise FileFormatError(path, _KIND, f"entries {missing} are missing")
+        meta = _check_meta(read_json(archive, infos["meta.json"], path, _KIND), path)
+        reserved = sorted(n for n in infos if n.endswith(".npy") and n[:-4] in _REBUILT | set(_MODULES))
+        if reserved:
+            raise FileFormatError(path, _KIND, f"entries {reserved} would replace what load rebuilds")
+        arrays = {n[:-4]: read_npy(archive, info, path, _KIND) for n, info in infos.items() if n.endswith(".npy")}
+        tensors = read_safetensors(archive, infos["arrays.safetensors"], path, _KIND)
+        states = {
+            name: {key: _tensor(*value) for key, value in read_safetensors(archive, infos[entry], path, _KIND).items()}
+            for name, entry in _MODULES.items() if entry in infos
+        }
+        gallery = _check_gallery(tensors, arrays, path)
+    return meta, gallery, arrays, states
+
+
+def _check_meta(meta, path: Path) -> dict:
+    if not isinstance(meta, dict):
+        raise FileFormatError(path, _KIND, "meta.json is not a JSON object")
+    version = meta.get("format_version")
+    if version not in _READABLE_VERSIONS:
+        raise FileFormatError(
+            path, _KIND, f"format_version {version!r} is not supported (this skretrieval reads "
+            f"{', '.join(map(str, _READABLE_VERSIONS))}); load it with the skretrieval version that "
+            f"wrote it ({meta.get('skretrieval_version')!r})"
+        )
+    if meta.get("class") not in _CLASSES:
+        raise FileFormatError(path, _KIND, f"class {meta.get('class')!r} is unknown; accepted: {', '.join(_CLASSES)}")
+    if not isinstance(meta.get("params"), dict):
+        raise FileFormatError(path, _KIND, "meta.json holds no parameters")
+    if version == 1:  # the first format kept two fitted attributes apart
+        meta["fitted"] = {"skipped_": meta.get("skipped", [])}
+        if meta.get("n_features_in") is not None:
+            meta["fitted"]["n_features_in_"] = meta["n_features_in"]
+    fitted = meta.get("fitted")
+    if not isinstance(fitted, dict) or any(
+        not _FITTED_NAME.fullmatch(name) or name in _REBUILT or name in _MODULES for name in fitted
+    ):
+        raise FileFormatError(path, _KIND, "meta.json lists fitted attributes that are not plain fitted values")
+    return meta
+
+
+def _check_gallery(tensors: dict, arrays: dict, path: Path):
+    """``prototype_`` and the label codes, consistent with the labels and classes."""
+    if set(tensors) != {"prototype_", "label_codes"}:
+        raise FileFormatError(path, _KIND, f"arrays.safetensors holds {sorted(tensors)}, not prototype_ and label_codes")
+    (prototype, prototype_dtype), (codes, codes_dtype) = tensors["prototype_"], tensors["label_codes"]
+    if prototype_dtype != "F32" or prototype.ndim != 2:
+        raise FileFormatError(path, _KIND, f"prototype_ is {prototype_dtype}{list(prototype.shape)}, not 2-D F32")
+    n = len(prototype)
+    for name in ("prototype_labels_", "prototype_ids_"):
+        if arrays[name].shape != (n,):
+            raise FileFormatError(path, _KIND, f"{name} has shape {arrays[name].shape} for a gallery of {n}")
+    classes, expected = np.unique(arrays["prototype_labels_"], return_inverse=True)
+    if codes_dtype != "I64" or not (np.array_equal(codes, expected) and np.array_equal(arrays["classes_"], classes)):
+        raise FileFormatError(path, _KIND, "its label codes, labels and classes_ disagree")
+    return prototype, codes
+
+
+def _tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == "BF16" else tensor
+
+
+def _rebuild(meta: dict, encoder, head, device, path: Path):
+    """The estimator of the saved parameters, its encoder built (weights not yet loaded)."""
+    from ._device import resolve_device
+    from ._encoder import ImageEncoder
+    from ._retriever import ImageRetriever
+    from ._version import __version__
+
+    params, options = dict(meta["params"]), meta.get("encoder_options")
+    known, known_options = set(ImageRetriever().get_params(deep=False)), set(ImageEncoder().get_params(deep=False))
+    moved = {name: params.pop(name) for name in list(params) if name not in known and name in known_options}
+    if moved:  # written when the encoding options were the retriever's own
+        options = {**moved, **(options or {})}
+    unknown = sorted(set(params) - known) + sorted(f"encoder__{n}" for n in set(options or {}) - known_options)
+    if unknown or not isinstance(options, (dict, type(None))):
+        raise FileFormatError(
+            path, _KIND, f"it has parameters {unknown} that skretrieval {__version__} does not know; it was "
+            f"written by skretrieval {meta.get('skretrieval_version')!r}: load it with that version"
+        )
+    for role, given in (("encoder", encoder), ("head", head)):
+        saved = params.get(role)
+        kind = meta.get(f"{role}_kind", _kind(saved))
+        if kind in ("module", "callable"):
+            if given is None:
+                raise ValueError(
+                    f"{str(path)!r} was fitted with your own {role} ({meta.get(f'{role}_class')}); the "
+                    f"file holds its weights, not its code. Pass it: load(path, {role}=YourModule())."
+                )
+            params[role] = given
+        elif given is not None:
+            raise ValueError(f"{str(path)!r} uses the {role} {saved!r}; do not pass {role}=.")
+    if device is not None:
+        options = {**(options or {}), "device": device}
+    inner = params.pop("encoder")
+    estimator = ImageRetriever(inner if options is None else ImageEncoder(inner, **options), **params)
+    # Built without loading or downloading weights (the saved ones follow), on a device
+    # this machine has; get_params stays as saved.
+    building = {**(options or {}), "weights": None}
+    try:
+        device_ = resolve_device(building.get("device", "auto"))
+    except ValueError:
+        device_ = torch.device("cpu")
+    if device_.type == "cuda" and not torch.cuda.is_available():
+        building["device"] = "cpu"
+    given_encoder, estimator.encoder = estimator.encoder, ImageEncoder(inner, **building)
+    try:
+        with refusing(path, _KIND):  # a name or option this version lacks
+            estimator._fit_encoder()
+    finally:
+        estimator.encoder = given_encoder
+    return estimator
+
+
+def _load_modules(estimator, meta: dict, states: dict, width: int, path: Path) -> None:
+    """Give the encoder, the projection and the head their saved weights."""
+    from .heads import Projection, build_head
+
+    encoder_ = estimator.encoder_
+    if isinstance(encoder_, nn.Module) or "encoder_" in states:
+        if not isinstance(encoder_, nn.Module):
+            raise ValueError(f"{str(path)!r} holds encoder weights, but encoder={estimator.encoder!r} is not an nn.Module.")
+        _load_state(encoder_, states, "encoder_", path)
+        encoder_.to(estimator.device_).eval()
+    if (estimator.head is None) != ("projection_" not in states):
+        raise FileFormatError(path, _KIND, "its head parameter and its projection weights disagree")
+    estimator.projection_ = None
+    if estimator.head is None:
+        return
+    weight = states["projection_"].get("linear.weight")
+    if weight is None or weight.shape[:1] != (width,) or weight.ndim != 2:
+        raise FileFormatError(path, _KIND, f"its projection does not map to the {width}-d gallery embeddings")
+    estimator.projection_ = Projection(weight.shape[1], width)
+    _load_state(estimator.projection_, states, "projection_", path)
+    estimator.projection_.eval()
+    with refusing(path, _KIND):  # head_params this version rejects
+        head_ = build_head(estimator.head, estimator.head_params, width, meta.get("head_n_classes") or 2)
+    if isinstance(head_, nn.Module):
+        _load_state(head_, states, "head_", path)
+        head_.eval()
+    estimator.head_ = head_
+
+
+def _load_state(module: nn.Module, states: dict, name: str, path: Path) -> None:
+    """``module.load_state_dict`` of the saved state, which must match it name for name, in shape and dtype."""
+    if name not in states:
+        raise FileFormatError(path, _KIND, f"entry {_MODULES[name]} (the weights of {name}) is missing")
+    state, expected = states[name], module.state_dict()
+    wrong = sorted(set(state) ^ set(expected)) + [
+        key for key in expected
+        if key in state and (state[key].shape != expected[key].shape or state[key].dtype != expected[key].dtype)
+    ]
+    if wrong:
+        raise FileFormatError(
+            path, _KIND, f"the saved weights of {name} do not fit {type(module).__name__} (first differences: "
+            f"{wrong[:3]}); pass the module it was fitted with"
+        )
+    module.load_state_dict(state)
+
+
+def _jsonable(what: str, value):
     if isinstance(value, (os.PathLike, torch.device)):
         return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple, dict)):
-        try:
-            return json.loads(json.dumps(value))
-        except TypeError:
-            pass
+    try:
+        return json.loads(json.dumps(value, default=_json_item))
+    except (TypeError, ValueError):
+        pass
     raise ValueError(
-        f"parameter {name}={value!r} cannot be saved safely (only JSON values are); use a "
-        "named option instead, or persist the model with joblib.dump (pickle: load only files "
-        "you trust)."
+        f"{what}={value!r} cannot be saved safely (only JSON values are); use a named option "
+        "instead, or persist the model with joblib.dump (pickle: load only files you trust)."
     )
 
 
 def _json_item(value):
-    return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _history(rows):
+    from .training import History
+
+    return History(rows)
+
+
+# JSON has no tuples and no History: what some fitted attributes turn back into.
+_RESTORE = {"skipped_": lambda rows: [tuple(row) for row in rows], "history_": _history}
 
 
 def _npy_bytes(values) -> bytes:

@@ -382,7 +382,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         The file is a zip archive (``.skr`` by convention) that :func:`skretrieval.load`
         reads back without executing anything from it. A named encoder is stored by name
         and weights; your own ``nn.Module`` by its ``state_dict`` (pass it again as
-        ``load(path, encoder=module)``). Parameters that are not JSON values (a callable
+        ``load(path, encoder=module)``); a fine-tuned projection and head likewise (your own
+        head: ``load(path, head=module)``). Parameters that are not JSON values (a callable
         ``similarity_fn`` or ``vote``, a ``RandomState``) raise a ``ValueError``: use joblib
         for those.
 

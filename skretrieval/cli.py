@@ -17,6 +17,7 @@ inside the commands, so ``--help`` and usage errors answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 from ._modes import COMPILE_MODES, ENCODE_PRECISIONS
+
+HEAD_CHOICES = ("linear", "arcface", "triplet", "supcon")  # skretrieval.heads.HEAD_NAMES (a test keeps them equal)
 
 _USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
 _ON_ERROR = ("raise", "skip", "warn")
@@ -106,12 +109,24 @@ def _retriever(args):
         device=args.device, on_error=_estimator_on_error(args), n_jobs=args.n_jobs,
         compile=args.compile, encode_precision=args.precision,
     )
-    return ImageRetriever(encoding, verbose=1)
+    return ImageRetriever(encoding, verbose=1, **_fine_tuning(args))
 
 
 def _set_encoding(retriever, **options) -> None:
     """Set encoding options of a fitted model (whose encoder may be a name: a shortcut)."""
     retriever.set_params(encoder=retriever._options.set_params(**options))
+
+
+def _fine_tuning(args) -> dict:
+    """The fine-tuning parameters of ``index --head``: none for other commands."""
+    if getattr(args, "head", None) is None:
+        return {}
+    if not args.labels_from_folders:
+        raise _UsageError("--head trains on the gallery labels: pass --labels-from-folders too.")
+    return {
+        "head": args.head, "fine_tune": args.fine_tune, "max_epochs": args.max_epochs,
+        "random_state": args.random_state,
+    }
 
 
 def _fit(args, directory):
@@ -479,6 +494,32 @@ def _threshold_options(parser, what: str, default=None) -> None:
     )
 
 
+def _max_pixels_option(parser) -> None:
+    parser.add_argument(
+        "--max-image-pixels", type=int, default=None, metavar="N",
+        help="refuse image files of more pixels, PIL's decompression-bomb limit "
+        "(default: PIL's, 89478485); raise it for large images you trust",
+    )
+
+
+@contextlib.contextmanager
+def _pixel_limit(args):
+    """``PIL.Image.MAX_IMAGE_PIXELS`` set from ``--max-image-pixels`` while the command runs."""
+    limit = getattr(args, "max_image_pixels", None)
+    if limit is None:  # PIL is not even imported for it
+        yield
+        return
+    if limit < 1:
+        raise _UsageError(f"--max-image-pixels must be a positive number of pixels; got {limit}.")
+    from PIL import Image
+
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -509,8 +550,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="label each image by its class folder, the first folder under GALLERY_DIR "
         "(GALLERY_DIR/cat/any/depth/x.jpg is a cat), as torchvision's ImageFolder",
     )
+    index.add_argument(
+        "--head", choices=HEAD_CHOICES, default=None,
+        help="fine-tune an embedding on the folder labels with this loss (needs "
+        "--labels-from-folders; default: no training, the encoder's features)",
+    )
+    index.add_argument(
+        "--fine-tune", choices=("head", "all"), default="head",
+        help="with --head: train the projection only (head) or the encoder too (all) (default: %(default)s)",
+    )
+    index.add_argument("--max-epochs", type=int, default=10, help="with --head: training epochs (default: %(default)s)")
+    index.add_argument("--random-state", type=int, default=0, help="with --head: training seed (default: %(default)s)")
     _encoder_options(index)
     _on_error_option(index)
+    _max_pixels_option(index)
     index.set_defaults(handler=_index)
 
     search = commands.add_parser(
@@ -524,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--plot", metavar="PNG", help="also draw the queries and matches to this image")
     _on_error_option(search)
     _threshold_options(search, "mark a query rejected when its best match is below this similarity")
+    _max_pixels_option(search)
     search.set_defaults(handler=_search)
 
     evaluate = commands.add_parser(
@@ -547,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
         "false non-match rate and open-set accuracy at this similarity",
     )
     _on_error_option(evaluate)
+    _max_pixels_option(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     duplicates = commands.add_parser(
@@ -563,6 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _encoder_options(duplicates)
     _on_error_option(duplicates)
+    _max_pixels_option(duplicates)
     duplicates.set_defaults(handler=_duplicates)
     return parser
 
@@ -621,7 +677,8 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help, --version (0) or a usage error (2), already printed
         return 0 if exc.code is None else int(exc.code)
     try:
-        return args.handler(args)
+        with _pixel_limit(args):
+            return args.handler(args)
     except _UsageError as exc:
         print(f"skretrieval {args.command}: error: {exc}", file=sys.stderr)
         print(f"hint: see `skretrieval {args.command} --help`.", file=sys.stderr)

@@ -191,7 +191,7 @@ def test_index_skips_an_unreadable_image_by_default(folders, capsys):
     retriever = load(model)
     assert str(bad) not in set(retriever.prototype_ids_) and len(retriever.prototype_ids_) == 18
     assert [path for _, path, _ in retriever.skipped_] == [str(bad)]
-    assert retriever.on_error == "raise"  # the model file queries as any other
+    assert retriever.get_params()["encoder__on_error"] == "raise"  # the model file queries as any other
 
     # ... and search still refuses an unreadable query instead of answering with row -1.
     assert cli.main(["search", str(model), str(bad)]) == 1
@@ -299,7 +299,7 @@ def test_speed_options_reach_the_model_and_keep_its_answers(folders, capsys):
     from skretrieval import load
 
     fast, reference = load(fast_model), load(plain)
-    assert fast.get_params()["compile"] == "freeze" and fast.get_params()["n_jobs"] == 2
+    assert fast.get_params()["encoder__compile"] == "freeze" and fast.get_params()["encoder__n_jobs"] == 2
     np.testing.assert_allclose(fast.prototype_, reference.prototype_, rtol=1e-5, atol=1e-6)
     capsys.readouterr()
     assert cli.main(["index", str(folders / "gallery"), "-o", str(fast_model), *TINY, "--compile", "jit"]) == 2

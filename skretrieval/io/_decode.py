@@ -82,10 +82,12 @@ def load_image(path, decode_size=None) -> torch.Tensor:
             return pil_to_tensor(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {str(path)!r} does not exist.") from None
-    except Image.DecompressionBombError as exc:
+    except Image.DecompressionBombError:
         raise ValueError(
-            f"cannot read image {str(path)!r}: it is too large ({exc}); raise "
-            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+            f"cannot read image {str(path)!r}: it has more pixels than PIL's decompression-bomb "
+            f"limit PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS} pixels); if you trust the "
+            "file, raise the limit (Python: PIL.Image.MAX_IMAGE_PIXELS = n; command line: "
+            "--max-image-pixels n)."
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"cannot read image {str(path)!r}: {exc}") from exc

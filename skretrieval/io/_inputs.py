@@ -33,6 +33,14 @@ import torch
 
 from ._decode import list_image_files, load_image, pil_to_tensor, to_8bit
 from ._prefetch import ordered_map
+from ._untrusted import (
+    FileFormatError,
+    check_npy_file,
+    entry_pattern,
+    open_archive,
+    read_npy,
+    refusing,
+)
 
 FEATURE_FILE_SUFFIXES = (".npy", ".npz", ".pt")
 _ACCEPTED = (
@@ -113,30 +121,65 @@ def _read_path(path: Path, on_error: str):
     return _files_input([str(path)], f"image file {str(path)!r}", on_error)
 
 
+_PROTOTYPE_FILE = "prototype file (dump_prototype: .npy, .npz or .pt)"
+_NPZ_ENTRY = entry_pattern(r"features\.npy", r"labels\.npy", r"ids\.npy")
+# What torch.save writes: <archive name>/ then these records.
+_PT_ENTRY = entry_pattern(
+    r"[^/]+/(data\.pkl|\.format_version|\.storage_alignment|byteorder|version|\.data/version"
+    r"|\.data/serialization_id|data/[0-9]+)"
+)
+
+
 def read_feature_file(path) -> FeatureInput:
-    """Load a ``.npy``, ``.npz`` or ``.pt`` file written by ``dump_prototype`` (no pickle)."""
+    """Load a ``.npy``, ``.npz`` or ``.pt`` file written by ``dump_prototype`` (no pickle).
+
+    The file is checked before its arrays are read (see :mod:`skretrieval.io._untrusted`):
+    a damaged file, or one declaring more than it holds, raises :class:`FileFormatError`.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return FeatureInput(np.load(path, allow_pickle=False))
+        check_npy_file(path, _PROTOTYPE_FILE)
+        with refusing(path, _PROTOTYPE_FILE):
+            features = np.load(path, allow_pickle=False)
+        return _checked_features(FeatureInput(features), path)
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return FeatureInput(
-                data["features"],
-                data["labels"] if "labels" in data else None,
-                data["ids"] if "ids" in data else None,
-            )
+        archive = open_archive(path, _PROTOTYPE_FILE, _NPZ_ENTRY)
+        with archive, refusing(path, _PROTOTYPE_FILE):
+            arrays = {
+                info.filename[:-4]: read_npy(archive, info, path, _PROTOTYPE_FILE) for info in archive.infolist()
+            }
+        if "features" not in arrays:
+            raise FileFormatError(path, _PROTOTYPE_FILE, "it holds no features.npy")
+        return _checked_features(FeatureInput(arrays["features"], arrays.get("labels"), arrays.get("ids")), path)
     if suffix == ".pt":
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(data, torch.Tensor):
-            return FeatureInput(data.float().numpy())
-        labels, ids = data.get("labels"), data.get("ids")
-        return FeatureInput(
-            data["features"].float().numpy(),
-            None if labels is None else np.asarray(labels),
-            None if ids is None else np.asarray(ids),
-        )
+        open_archive(path, _PROTOTYPE_FILE, _PT_ENTRY).close()  # checked; torch reads it itself
+        with refusing(path, _PROTOTYPE_FILE):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(data, torch.Tensor):
+                return _checked_features(FeatureInput(data.float().numpy()), path)
+            labels, ids = data.get("labels"), data.get("ids")
+            source = FeatureInput(
+                data["features"].float().numpy(),
+                None if labels is None else np.asarray(labels),
+                None if ids is None else np.asarray(ids),
+            )
+        return _checked_features(source, path)
     raise ValueError(f"feature file {str(path)!r} must end in one of {FEATURE_FILE_SUFFIXES}.")
+
+
+def _checked_features(source: FeatureInput, path) -> FeatureInput:
+    """Features 2-D and numeric; labels and ids 1-D, plain values, one per row."""
+    features = np.asarray(source.features)
+    if features.ndim != 2 or features.dtype.kind not in "biuf":
+        raise FileFormatError(path, _PROTOTYPE_FILE, f"its features are {features.dtype}{list(features.shape)}, not a 2-D numeric array")
+    for name in ("labels", "ids"):
+        values = getattr(source, name)
+        if values is not None and (values.shape != (len(features),) or values.dtype.kind not in "biufUS"):
+            raise FileFormatError(
+                path, _PROTOTYPE_FILE, f"its {name} are {values.dtype}{list(values.shape)} for {len(features)} rows"
+            )
+    return source
 
 
 def _read_tensor(X: torch.Tensor):

@@ -50,7 +50,7 @@ def _bad_files(folder):
     (folder / "x_text.jpg").write_text("this is not an image\n")
     bad[folder / "x_text.jpg"] = "cannot identify|cannot read"
     Image.new("1", (20000, 20000)).save(folder / "x_bomb.png")  # 1-bit: a small file
-    bad[folder / "x_bomb.png"] = "too large"
+    bad[folder / "x_bomb.png"] = "decompression-bomb limit PIL.Image.MAX_IMAGE_PIXELS"
     return bad
 
 
