@@ -13,9 +13,9 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from ._encoder import ImageEncoder
-    from ._persistence import InconsistentVersionWarning, load
     from ._preprocessing import Preprocessing
-    from ._retriever import ImageRetriever
+    from ._retriever import ImageRetriever, load
+    from ._version import InconsistentVersionWarning
     from .encoders import list_encoders
     from .io import FileFormatError
 
@@ -23,10 +23,10 @@ _WHERE = {
     "ImageEncoder": "._encoder",
     "FileFormatError": ".io",
     "ImageRetriever": "._retriever",
-    "InconsistentVersionWarning": "._persistence",
+    "InconsistentVersionWarning": "._version",
     "Preprocessing": "._preprocessing",
     "list_encoders": ".encoders",
-    "load": "._persistence",
+    "load": "._retriever",
 }
 
 __all__ = [

@@ -34,6 +34,7 @@ from ._sklearn_compat import (
     _fit_context,
     validate_data,
 )
+from ._version import __version__, check_pickled_version
 from .io import FeatureInput, read_input
 
 ENCODER_CONSTRAINTS = {
@@ -199,14 +200,10 @@ class EncoderMixin:
             buffer = io.BytesIO()
             torch.save(state["encoder_"], buffer)
             state["encoder_"] = _SavedModule(buffer.getvalue())
-        from ._version import __version__
-
         state["_skretrieval_version"] = __version__
         return state
 
     def __setstate__(self, state):
-        from ._persistence import check_pickled_version
-
         check_pickled_version(state.pop("_skretrieval_version", None))
         device = state.get("device_")
         if device is not None and device.type == "cuda" and not torch.cuda.is_available():

@@ -24,13 +24,13 @@ import io
 import json
 import os
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._version import __version__
 from .io._untrusted import (
     FileFormatError,
     entry_pattern,
@@ -43,7 +43,6 @@ from .io._untrusted import (
 
 FORMAT_VERSION = 2  # 2: fine-tuned models (projection_, head_) and every fitted attribute
 _READABLE_VERSIONS = (1, 2)
-_CLASSES = ("ImageRetriever",)
 _KIND = "skretrieval model file"
 _MODULES = {"encoder_": "weights.safetensors", "projection_": "projection_.safetensors", "head_": "head_.safetensors"}
 # Fitted attributes load rebuilds itself (from the parameters, or the entries above).
@@ -55,54 +54,6 @@ _ENTRY = entry_pattern(
 )
 
 
-class InconsistentVersionWarning(UserWarning):
-    """A model pickled by another skretrieval version is being unpickled.
-
-    As scikit-learn's warning of the same name: the model may behave differently or break.
-    Files written by :meth:`ImageRetriever.save` are checked by :func:`load` instead.
-
-    Parameters
-    ----------
-    original_version : str
-        The skretrieval version that pickled the model.
-    current_version : str
-        The version unpickling it.
-
-    Attributes
-    ----------
-    original_version : str
-    current_version : str
-
-    Examples
-    --------
-    >>> import warnings
-    >>> from skretrieval import InconsistentVersionWarning
-    >>> warnings.simplefilter("error", InconsistentVersionWarning)  # refuse such pickles
-    >>> InconsistentVersionWarning(original_version="0.0.1", current_version="0.1.0").original_version
-    '0.0.1'
-    """
-
-    def __init__(self, *, original_version, current_version):
-        self.original_version = original_version
-        self.current_version = current_version
-        super().__init__(
-            f"this model was pickled with skretrieval {original_version} and is unpickled with "
-            f"{current_version}; it may give different results or fail. Re-fit it, or save it "
-            "with ImageRetriever.save, which is checked on load."
-        )
-
-
-def check_pickled_version(original_version) -> None:
-    """Warn (:class:`InconsistentVersionWarning`) when a pickle comes from another version."""
-    from ._version import __version__
-
-    if original_version is not None and original_version != __version__:
-        warnings.warn(
-            InconsistentVersionWarning(original_version=original_version, current_version=__version__),
-            stacklevel=3,
-        )
-
-
 def save(estimator, path) -> Path:
     """Write a fitted ``estimator`` to the zip archive ``path`` (see the module docstring)."""
     import zipfile
@@ -112,8 +63,6 @@ def save(estimator, path) -> Path:
     from sklearn.utils.validation import check_is_fitted
 
     from ._encoder import ImageEncoder
-    from ._version import __version__
-
     check_is_fitted(estimator)
     params = estimator.get_params(deep=False)
     options = None  # the encoding options of an ImageEncoder given as encoder=
@@ -196,69 +145,21 @@ def _head_n_classes(head) -> int | None:
     return int(getattr(classifier, "n_classes", None) or classifier.out_features)
 
 
-def load(path, *, encoder=None, head=None, device=None):
-    """Load a model written by :meth:`ImageRetriever.save`, without unpickling anything.
-
-    The file is checked before any of it is read: only the entries ``save`` writes, each
-    once and uncompressed, each entry's size equal to what its own header declares, all of
-    them within the file (see :doc:`/persistence`). So opening a file costs about its size
-    in memory at most, whatever it claims to hold.
-
-    Parameters
-    ----------
-    path : str or Path
-        The model file (a zip archive; ``.skr`` by convention).
-    encoder : nn.Module or callable, default=None
-        Required when the model was fitted with your own module or callable (alone or in an
-        ``ImageEncoder``, whose options the file keeps): the file holds its weights, never
-        its code. The module must have the same architecture; its copy receives the saved
-        weights.
-    head : nn.Module or callable, default=None
-        Required when the model was fine-tuned with your own head: as ``encoder``, a copy of
-        the module receives the trained weights.
-    device : str or torch.device, default=None
-        Where to run; None keeps the saved ``device`` parameter, falling back to the CPU
-        when it names a GPU this machine lacks.
-
-    Returns
-    -------
-    estimator : ImageRetriever
-        Fitted; ``kneighbors``, ``predict`` and ``transform`` give the saved model's results.
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` does not exist.
-    FileFormatError
-        The file is not a model file, is damaged, or was written by a newer skretrieval;
-        the message says why (a ``ValueError``).
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> import skretrieval
-    >>> model = skretrieval.ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0], [0.0, 1.0]], ["a", "b"])
-    >>> path = os.path.join(tempfile.mkdtemp(), "model.skr")
-    >>> _ = model.save(path)
-    >>> skretrieval.load(path).predict([[0.9, 0.1]])
-    array(['a'], dtype='<U1')
-    """
-    from ._retriever import _SearchCache
-
+def read_model(path, cls, *, encoder=None, head=None, device=None):
+    """The fitted ``cls`` estimator a model file holds (:func:`skretrieval.load` documents it)."""
     path = Path(path)
-    meta, gallery, arrays, states = _read(path)
-    estimator = _rebuild(meta, encoder, head, device, path)
+    meta, gallery, arrays, states = _read(path, cls)
+    estimator = _rebuild(meta, cls, encoder, head, device, path)
     _load_modules(estimator, meta, states, gallery[0].shape[1], path)
     estimator.prototype_, estimator._label_codes = gallery
     for name, values in arrays.items():
         setattr(estimator, name, values)
     for name, value in meta["fitted"].items():
         setattr(estimator, name, _RESTORE.get(name, lambda v: v)(value))
-    estimator._search_cache = _SearchCache()  # as fit leaves it
     return estimator
 
 
-def _read(path: Path):
+def _read(path: Path, cls):
     """Everything in the model file, checked: ``(meta, (prototype, codes), arrays, module states)``."""
     archive = open_archive(path, _KIND, _ENTRY)
     with archive, refusing(path, _KIND):
@@ -266,7 +167,7 @@ def _read(path: Path):
         missing = [name for name in _REQUIRED if name not in infos]
         if missing:
             raise FileFormatError(path, _KIND, f"entries {missing} are missing")
-        meta = _check_meta(read_json(archive, infos["meta.json"], path, _KIND), path)
+        meta = _check_meta(read_json(archive, infos["meta.json"], path, _KIND), cls, path)
         reserved = sorted(n for n in infos if n.endswith(".npy") and n[:-4] in _REBUILT | set(_MODULES))
         if reserved:
             raise FileFormatError(path, _KIND, f"entries {reserved} would replace what load rebuilds")
@@ -280,7 +181,7 @@ def _read(path: Path):
     return meta, gallery, arrays, states
 
 
-def _check_meta(meta, path: Path) -> dict:
+def _check_meta(meta, cls, path: Path) -> dict:
     if not isinstance(meta, dict):
         raise FileFormatError(path, _KIND, "meta.json is not a JSON object")
     version = meta.get("format_version")
@@ -290,12 +191,12 @@ def _check_meta(meta, path: Path) -> dict:
             f"{', '.join(map(str, _READABLE_VERSIONS))}); load it with the skretrieval version that "
             f"wrote it ({meta.get('skretrieval_version')!r})"
         )
-    if meta.get("class") not in _CLASSES:
-        raise FileFormatError(path, _KIND, f"class {meta.get('class')!r} is unknown; accepted: {', '.join(_CLASSES)}")
+    if meta.get("class") != cls.__name__:
+        raise FileFormatError(path, _KIND, f"class {meta.get('class')!r} is unknown; accepted: {cls.__name__}")
     if not isinstance(meta.get("params"), dict):
         raise FileFormatError(path, _KIND, "meta.json holds no parameters")
-    if version == 1:  # the first format kept two fitted attributes apart
-        meta["fitted"] = {"skipped_": meta.get("skipped", [])}
+    if version == 1:  # the first format kept two fitted attributes apart, and was closed-set
+        meta["fitted"] = {"skipped_": meta.get("skipped", []), "threshold_": None, "outlier_label_": None}
         if meta.get("n_features_in") is not None:
             meta["fitted"]["n_features_in_"] = meta["n_features_in"]
     fitted = meta.get("fitted")
@@ -328,15 +229,12 @@ def _tensor(array: np.ndarray, dtype: str) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if dtype == "BF16" else tensor
 
 
-def _rebuild(meta: dict, encoder, head, device, path: Path):
+def _rebuild(meta: dict, cls, encoder, head, device, path: Path):
     """The estimator of the saved parameters, its encoder built (weights not yet loaded)."""
     from ._device import resolve_device
     from ._encoder import ImageEncoder
-    from ._retriever import ImageRetriever
-    from ._version import __version__
-
     params, options = dict(meta["params"]), meta.get("encoder_options")
-    known, known_options = set(ImageRetriever().get_params(deep=False)), set(ImageEncoder().get_params(deep=False))
+    known, known_options = set(cls().get_params(deep=False)), set(ImageEncoder().get_params(deep=False))
     moved = {name: params.pop(name) for name in list(params) if name not in known and name in known_options}
     if moved:  # written when the encoding options were the retriever's own
         options = {**moved, **(options or {})}
@@ -361,7 +259,7 @@ def _rebuild(meta: dict, encoder, head, device, path: Path):
     if device is not None:
         options = {**(options or {}), "device": device}
     inner = params.pop("encoder")
-    estimator = ImageRetriever(inner if options is None else ImageEncoder(inner, **options), **params)
+    estimator = cls(inner if options is None else ImageEncoder(inner, **options), **params)
     # Built without loading or downloading weights (the saved ones follow), on a device
     # this machine has; get_params stays as saved.
     building = {**(options or {}), "weights": None}

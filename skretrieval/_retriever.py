@@ -15,6 +15,8 @@ from sklearn.utils.validation import check_is_fitted
 from ._encoder import EncoderMixin, ImageEncoder
 from ._neighbors import GalleryMixin, _aligned_labels
 from ._open_set import OPEN_SET_CONSTRAINTS, fit_threshold
+from ._persistence import read_model
+from ._persistence import save as save_model
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
 from .io import to_unit_float
 from .io._inputs import _item_tensor
@@ -405,9 +407,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         >>> load(path).kneighbors([[0.0, 1.0]])[1]
         array([[1]])
         """
-        from ._persistence import save
-
-        return save(self, path)
+        return save_model(self, path)
 
     def __getstate__(self):
         state = super().__getstate__()  # a copy of __dict__ (EncoderMixin)
@@ -511,6 +511,57 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
                 "yourself (e.g. RetrievalDisplay.from_predictions)."
             )
         return _image_array(item, where)
+
+
+
+def load(path, *, encoder=None, head=None, device=None):
+    """Load a model written by :meth:`ImageRetriever.save`, without unpickling anything.
+
+    The file is checked before any of it is read: only the entries ``save`` writes, each
+    once and uncompressed, each entry's size equal to what its own header declares, all of
+    them within the file (see :doc:`/persistence`). So opening a file costs about its size
+    in memory at most, whatever it claims to hold.
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file (a zip archive; ``.skr`` by convention).
+    encoder : nn.Module or callable, default=None
+        Required when the model was fitted with your own module or callable (alone or in an
+        ``ImageEncoder``, whose options the file keeps): the file holds its weights, never
+        its code. The module must have the same architecture; its copy receives the saved
+        weights.
+    head : nn.Module or callable, default=None
+        Required when the model was fine-tuned with your own head: as ``encoder``, a copy of
+        the module receives the trained weights.
+    device : str or torch.device, default=None
+        Where to run; None keeps the saved ``device`` parameter, falling back to the CPU
+        when it names a GPU this machine lacks.
+
+    Returns
+    -------
+    estimator : ImageRetriever
+        Fitted; ``kneighbors``, ``predict`` and ``transform`` give the saved model's results.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    FileFormatError
+        The file is not a model file, is damaged, or was written by a newer skretrieval;
+        the message says why (a ``ValueError``).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> import skretrieval
+    >>> model = skretrieval.ImageRetriever("precomputed", topk=1).fit([[1.0, 0.0], [0.0, 1.0]], ["a", "b"])
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.skr")
+    >>> _ = model.save(path)
+    >>> skretrieval.load(path).predict([[0.9, 0.1]])
+    array(['a'], dtype='<U1')
+    """
+    return read_model(path, ImageRetriever, encoder=encoder, head=head, device=device)
 
 
 class _SearchCache:

@@ -1,6 +1,7 @@
 """The command line's open-set options: search/evaluate/duplicates --threshold (a number or auto)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -86,7 +87,9 @@ def test_evaluate_reports_open_set_figures(model_and_queries, capsys):
     assert figures["false_match_rate"] == false_match_rate(best[~known], figures["threshold"])
     assert set(figures) >= {"false_non_match_rate", "open_set_accuracy"}
     # known-only queries: no open-set section; text mode prints the section
-    assert cli.main([*argv[:2], str(queries / "red"), *argv[3:]]) == 0
+    known = queries.parent / "known"
+    shutil.copytree(queries / "red", known / "red")
+    assert cli.main([*argv[:2], str(known), *argv[3:]]) == 0
     assert "open_set" not in json.loads(capsys.readouterr().out)
     assert cli.main(argv[:-1]) == 0
     assert "open set: 8 of 14 queries have a label the gallery lacks" in capsys.readouterr().out
