@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 # v2: uint8 images are resized as uint8 (within one level of the v1 float resize).
-_FORMAT = "v2"
+# v3: float images are rounded to uint8 levels and resized as uint8 too (one path per image).
+_FORMAT = "v3"
 
 
 def image_key(image: torch.Tensor) -> str:
