@@ -103,11 +103,9 @@ def load_or_export(module: nn.Module, example: torch.Tensor) -> tuple[OnnxEncode
         # One random image: the export traces it, and both must give the same features.
         generator = torch.Generator().manual_seed(0)
         image = torch.randn((1, *example.shape[1:]), generator=generator)
-        with torch.inference_mode():
-            expected = _first_output(module(image.to(_device(module)))).float().cpu().flatten(1)
-        data = _export(module, image)
+        data, expected = _export(module, image)
         encoder = OnnxEncoder(_session(data))
-        _check(encoder(image).float().flatten(1), expected)
+        _check(encoder(image).float().flatten(1), expected.float().flatten(1))
         if locked:
             _write_atomically(path, data)
         return encoder, True
@@ -132,18 +130,26 @@ def _load(path: Path) -> OnnxEncoder | None:
         return None
 
 
-def _export(module: nn.Module, example: torch.Tensor) -> bytes:
-    """The ONNX model of ``module`` in eval mode, its batch dimension dynamic."""
-    buffer = io.BytesIO()
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(
-            module, (example[:1].detach().to("cpu", torch.float32).clone(),), buffer,
-            input_names=["images"], output_names=["features"],
-            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=_OPSET, training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True,
-            **({"dynamo": False} if "dynamo" in _export_parameters() else {}),
-        )
-    return buffer.getvalue()
+def _export(module: nn.Module, example: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+    """The ONNX model of ``module`` in eval mode, its batch dimension dynamic, and its output.
+
+    The output is the module's own on ``example``, kept from the trace (a hook), so the
+    check costs no second forward pass.
+    """
+    buffer, outputs = io.BytesIO(), []
+    keep = module.register_forward_hook(lambda _, __, out: outputs.append(_first_output(out).detach().clone()))
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                module, (example[:1].detach().to("cpu", torch.float32).clone(),), buffer,
+                input_names=["images"], output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=_OPSET, training=torch.onnx.TrainingMode.EVAL, do_constant_folding=True,
+                **({"dynamo": False} if "dynamo" in _export_parameters() else {}),
+            )
+    finally:
+        keep.remove()
+    return buffer.getvalue(), outputs[0].cpu()
 
 
 def _export_parameters():
@@ -178,9 +184,7 @@ def _first_output(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
-def _device(module: nn.Module) -> torch.device:
-    parameter = next(module.parameters(), None)
-    return torch.device("cpu") if parameter is None else parameter.device
+
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
