@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 # v2: uint8 images are resized as uint8 (within one level of the v1 float resize).
-# v3: float images are rounded to uint8 levels and resized as uint8 too (one path per image).
+# v3: float images are rounded to uint8 levels first, and enlarged images are resized as
+# floats (one path per image, chosen by the geometry, not the container).
 _FORMAT = "v3"
 
 

@@ -87,17 +87,20 @@ class Preprocessing:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocess a batch ``(N, 3, H, W)``: float in [0, 1], or uint8 in [0, 255].
 
-        Every batch is resized as 8-bit pixels, so one image gives the same input whatever
-        holds it (a file, a uint8 or float array, a tensor): a float batch is first rounded
-        to the 256 levels an image file holds (``uint8_images / 255`` round-trips exactly).
-        Resizing uint8 is about five times faster than resizing floats on a CPU; the resized
-        values are rounded to integers, as PIL does. Bicubic resizing runs on floats (of the
-        8-bit pixels): torch's uint8 bicubic is another filter.
+        One image gives the same input whatever holds it (a file, a uint8 or float array, a
+        tensor): a float batch is first rounded to the 256 levels an image file holds
+        (``uint8_images / 255`` round-trips exactly), and the choice of kernel depends on
+        the geometry only. A batch that is shrunk is resized as uint8, about five times
+        faster than floats on a CPU, the result rounded to integers as PIL does (averaging
+        many pixels, the rounding is noise of half a level). A batch that is enlarged (a
+        small image, e.g. 8 x 8 digits) is resized as floats: rounding a smooth
+        interpolation to integers would band it into steps, which moves the features.
+        Bicubic resizing runs on floats too: torch's uint8 bicubic is another filter.
         """
         mode = _INTERPOLATIONS[self.interpolation]
         if images.dtype != torch.uint8:
             images = to_uint8(images)
-        if self.interpolation == "bicubic":
+        if self.interpolation == "bicubic" or self._enlarges(*images.shape[-2:]):
             images = images.float().div_(255.0)
         elif images.ndim == 4:
             # torch's uint8 kernel works channels-last; a contiguous batch resized to 1 x 1
@@ -124,6 +127,11 @@ class Preprocessing:
         shorter = min(height, width)
         scale = min(self._shorter_side() / shorter, 1.0)
         return math.ceil(height * scale), math.ceil(width * scale)
+
+    def _enlarges(self, height: int, width: int) -> bool:
+        if self.resize_mode == "stretch":
+            return self.size[0] > height or self.size[1] > width
+        return self._shorter_side() > min(height, width)
 
     def _shorter_side(self) -> int:
         return round(min(self.size) / self.crop_pct)

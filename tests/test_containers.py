@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from skretrieval import ImageEncoder, Preprocessing
 
@@ -64,11 +65,22 @@ def test_the_same_photo_in_any_container_gives_the_same_features(tmp_path):
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
-def test_preprocessing_rounds_floats_to_the_pixels_a_file_holds(interpolation):
+@pytest.mark.parametrize("photo_size", [40, 16])  # shrunk (as uint8), enlarged (as floats)
+def test_preprocessing_rounds_floats_to_the_pixels_a_file_holds(interpolation, photo_size):
     """A float image is preprocessed as its 8-bit pixels: the same input, bit for bit."""
-    images = torch.from_numpy(_six_photos(40)).permute(0, 3, 1, 2)
+    images = torch.from_numpy(_six_photos(photo_size)).permute(0, 3, 1, 2)
     prep = Preprocessing(size=24, interpolation=interpolation)
     expected = prep(images)
     torch.testing.assert_close(prep(images.float() / 255), expected, rtol=0, atol=0)
     # floats between two levels go to the nearer one
     torch.testing.assert_close(prep((images.float() + 0.3) / 255), expected, rtol=0, atol=0)
+
+
+def test_an_enlarged_image_is_interpolated_without_rounding_steps():
+    """Enlarging a two-level ramp: the float interpolation, not integer steps."""
+    ramp = torch.tensor([[0, 255]], dtype=torch.uint8).expand(3, 2, 2)[None]  # (1, 3, 2, 2)
+    prep = Preprocessing(size=(2, 64), resize_mode="stretch", mean=(0.0,), std=(1.0,))
+    row = prep(ramp)[0, 0, 0]
+    expected = TF.resize(ramp.float() / 255, [2, 64], antialias=True)[0, 0, 0]
+    torch.testing.assert_close(row, expected)
+    assert not torch.equal(row * 255, (row * 255).round())  # not rounded to uint8 levels
