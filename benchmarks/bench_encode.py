@@ -1,61 +1,87 @@
-"""Images/s from a folder of JPEG files to features: skretrieval against a plain torchvision loop.
+"""Images/s from a folder of JPEG photos to features: skretrieval's defaults against a plain torchvision loop.
 
-    python benchmarks/bench_encode.py [--images DIR] [--n 1024] [--repeats 3] [--device cpu]
-                                      [--no-inductor] [--demo]
+    python benchmarks/bench_encode.py [--images DIR] [--n 600] [--repeats 3] [--device cpu]
+                                      [--bf16] [--inductor] [--demo]
 
-Without ``--images`` the script writes ``--n`` JPEG files of 480x360 (quality 90: random
-crops, flips of scikit-learn's two bundled photos) to a temporary folder, in four class
-sub-folders. Every configuration encodes the whole folder with the default encoder
-(EfficientNet-Lite0, ImageNet weights, 224 px), batch 64:
+Without ``--images`` the script writes ``--n`` JPEG photos of 480x360 (quality 90) to a
+temporary folder, in four class sub-folders: random crops (half to all of the photo, 4:3)
+and flips of 14 real photos, the 12 that scikit-image bundles (astronaut, camera, chelsea,
+coffee, coins, rocket, hubble_deep_field, immunohistochemistry, moon, clock, the left
+stereo_motorcycle view, retina; camera, coins, moon and clock are grey JPEGs) and
+scikit-learn's two (china, flower).
+
+Every configuration encodes the whole folder with the default encoder (EfficientNet-Lite0,
+ImageNet weights, 224 px) in its own fresh process, so "cold" means what a user's first
+call pays: building the model, exporting it to ONNX (into an empty artefact cache), thread
+pools, every cache miss. The clock runs from building the encoder to the last feature
+(imports excluded, the same for every configuration):
 
 * ``torchvision loop``: ``ImageFolder`` (PIL decode, ``Resize(256)``, ``CenterCrop(224)``,
-  ``ToTensor``, ``Normalize``) + ``DataLoader`` (``num_workers`` 0 and 2; the faster one is
-  the reference) + the model in eval mode under ``torch.no_grad``, float32;
-* ``fp32 eager``: ``ImageEncoder(compile="off")`` (what the defaults do below 8,192 images);
-* ``bf16 eager``: ``encode_precision="bf16"``;
-* ``bf16 freeze``: ``compile="freeze", encode_precision="bf16"`` (frozen TorchScript);
-* ``fp32 inductor`` (what the defaults do from 8,192 images) and ``bf16 inductor``:
-  ``compile="inductor"`` (torch.compile; skip both with ``--no-inductor``). The warm-up may
-  come from inductor's on-disk cache of an earlier run; set ``TORCHINDUCTOR_CACHE_DIR`` to an
-  empty folder to time a first compilation.
+  ``ToTensor``, ``Normalize``) + ``DataLoader(batch_size=64, num_workers=2)`` + the model in
+  eval mode under ``torch.no_grad``, float32, eager: the reference of every ratio;
+* ``defaults, cold``: ``ImageEncoder().fit(two_paths).transform(folder)`` with an empty
+  artefact cache (``SKRETRIEVAL_CACHE_DIR`` pointed at a new folder): the export is timed;
+* ``defaults, warm``: the same in another fresh process, after the cold one: the export
+  is loaded from the cache;
+* ``compile="off"`` (fp32 eager torch) and ``compile="freeze"`` (frozen TorchScript,
+  fp32): the torch options that remain; ``--bf16`` adds ``encode_precision="bf16"`` eager
+  and frozen (worth it only on CPUs with AMX-BF16 or AVX512-BF16), ``--inductor`` adds
+  ``compile="inductor"`` fp32 and bf16 (torch.compile, ~30 s to compile);
+* ``input side only``: the same decoding threads and preprocessing with a callable encoder
+  that only averages pixels: the ceiling the input side puts on any encoder.
 
-Rounds are interleaved (each round runs every configuration once) and the median is
-reported. "cold" is the first call of a fresh estimator (building frozen/compiled copies
-included); "warm" the calls after it. Features are compared with the fp32 eager path
-(cosine per image). ``--demo`` also runs the README demo (digits) in each configuration and
-prints Recall@1 / Recall@5 / kNN accuracy, and compares bf16 with fp32 eager features on ten
-splits of the digits (the demo's split with random_state 0..9).
+Rounds are interleaved (each round runs every configuration once, each in a new process)
+and medians are reported. Features are compared (cosine per image) with torch eager fp32
+(``compile="off"``) and with the plain loop (PIL resizing). ``--demo`` also runs the README
+demo (digits) with the eager options and compares bf16 with fp32 features on ten splits.
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import describe  # noqa: E402
 
-from skretrieval import ImageEncoder  # noqa: E402
-
 BATCH = 64
+PHOTOS = (
+    "astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "hubble_deep_field",
+    "immunohistochemistry", "moon", "clock", "stereo_motorcycle", "retina",
+)
+
+
+def real_photos():
+    """The 14 photos as PIL images: scikit-image's bundled ones, then scikit-learn's two."""
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = []
+    for name in PHOTOS:
+        image = getattr(data, name)()
+        image = image[0] if isinstance(image, tuple) else image  # stereo pair: the left view
+        photos.append(Image.fromarray(image))
+    return photos + [Image.fromarray(image) for image in load_sample_images().images]
 
 
 def write_jpegs(folder: Path, n: int) -> None:
     from PIL import Image
-    from sklearn.datasets import load_sample_images
 
     rng = np.random.default_rng(0)
-    photos = [Image.fromarray(image) for image in load_sample_images().images]
+    photos = real_photos()
     for i in range(n):
         photo = photos[i % len(photos)]
         width, height = photo.size
-        crop_w = int(width * rng.uniform(0.5, 1.0))
-        crop_h = min(int(crop_w * 0.75), height)
+        crop_w = min(int(width * rng.uniform(0.5, 1.0)), int(height / 0.75))
+        crop_h = int(crop_w * 0.75)
         x, y = rng.integers(0, width - crop_w + 1), rng.integers(0, height - crop_h + 1)
         image = photo.crop((x, y, x + crop_w, y + crop_h)).resize((480, 360), Image.BILINEAR)
         if rng.random() < 0.5:
@@ -65,13 +91,18 @@ def write_jpegs(folder: Path, n: int) -> None:
         image.save(target / f"{i:05d}.jpg", quality=90)
 
 
-def torchvision_loop(folder: Path, num_workers: int, device: str):
-    """The plain loop: ImageFolder + DataLoader + model; returns (features, seconds)."""
+# -- what each fresh process runs -------------------------------------------------------
+
+
+def run_loop(folder: Path, device: str, out: Path) -> dict:
+    """The plain loop: ImageFolder + DataLoader + model."""
+    import torch
     from torchvision import datasets
     from torchvision import transforms as T
 
     from skretrieval.encoders import create_encoder
 
+    start = time.perf_counter()
     built = create_encoder("efficientnet_lite0")
     model = built.module.eval().to(device)
     prep = built.preprocessing
@@ -79,33 +110,70 @@ def torchvision_loop(folder: Path, num_workers: int, device: str):
         T.Resize(round(224 / prep.crop_pct)), T.CenterCrop(224), T.ToTensor(), T.Normalize(prep.mean, prep.std),
     ])
     loader = torch.utils.data.DataLoader(
-        datasets.ImageFolder(str(folder), transform=transform), batch_size=BATCH, num_workers=num_workers
+        datasets.ImageFolder(str(folder), transform=transform), batch_size=BATCH, num_workers=2
     )
-    start = time.perf_counter()
     features = []
     with torch.no_grad():
         for images, _ in loader:
             features.append(model(images.to(device)).cpu())
-    return torch.cat(features).numpy(), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    np.save(out, torch.cat(features).numpy())
+    return {"seconds": seconds}
 
 
-def ours(folder: Path, params: dict, device: str, warm_calls: int):
-    """A fresh ImageEncoder: (features, cold seconds, warm seconds per call, warm-up seconds)."""
-    encoder = ImageEncoder(batch_size=BATCH, device=device, **params).fit(str(folder))
+def run_ours(folder: Path, device: str, out: Path, params: dict) -> dict:
+    """``ImageEncoder(**params).fit(two files).transform(folder)``, as a user's first call."""
+    from skretrieval import ImageEncoder
+    from skretrieval.io import list_image_files
+
+    files = list_image_files(folder)
     start = time.perf_counter()
+    encoder = ImageEncoder(device=device, **params).fit(files[:2])
+    fitted = time.perf_counter()
     features = encoder.transform(str(folder))
-    cold = time.perf_counter() - start
-    warm = []
-    for _ in range(warm_calls):
-        start = time.perf_counter()
-        encoder.transform(str(folder))
-        warm.append(time.perf_counter() - start)
-    warmup = sum(encoder._inference_runner.warmup_seconds.values())
-    return features, cold, min(warm) if warm else float("nan"), warmup
+    seconds = time.perf_counter() - start
+    runner = encoder._inference_runner
+    if out is not None:
+        np.save(out, features)
+    return {
+        "seconds": seconds, "fit": fitted - start,
+        "warmup": sum(runner.warmup_seconds.values()), "exported": runner.exported, "builds": runner.builds,
+    }
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+def run_input_side(folder: Path, device: str) -> dict:
+    """Decoding threads and preprocessing only: a callable encoder that averages pixels."""
+    from skretrieval import ImageEncoder
+
+    start = time.perf_counter()
+    ImageEncoder(lambda x: x.mean(dim=(2, 3)), device=device, batch_size=BATCH).fit(np.zeros((1, 8, 8, 3))).transform(str(folder))
+    return {"seconds": time.perf_counter() - start}
+
+
+def worker(args) -> None:
+    job = json.loads(args.worker)
+    folder, out = Path(job["folder"]), job.get("out")
+    if job["kind"] == "loop":
+        result = run_loop(folder, job["device"], Path(out))
+    elif job["kind"] == "input":
+        result = run_input_side(folder, job["device"])
+    else:
+        result = run_ours(folder, job["device"], None if out is None else Path(out), job["params"])
+    print("RESULT " + json.dumps(result))
+
+
+def in_fresh_process(job: dict, env: dict | None = None) -> dict:
+    result = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(job)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"{job['kind']} failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# -- the digits demo (--demo) -----------------------------------------------------------
 
 
 def demo_check(device: str) -> None:
@@ -115,10 +183,10 @@ def demo_check(device: str) -> None:
 
     X_gallery, X_query, y_gallery, y_query = load_digit_split()
     configs = [
+        ("defaults", {}),
         ("fp32 eager", {"compile": "off"}),
         ("bf16 eager", {"compile": "off", "encode_precision": "bf16"}),
         ("bf16 freeze", {"compile": "freeze", "encode_precision": "bf16"}),
-        ("bf16 inductor", {"compile": "inductor", "encode_precision": "bf16"}),
     ]
     for name, params in configs:
         start = time.perf_counter()
@@ -141,12 +209,13 @@ def splits_check(device: str, n_splits: int = 10) -> None:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from skretrieval import ImageRetriever
+    from skretrieval import ImageEncoder, ImageRetriever
 
     digits = load_digits()
     X, y = digits.images / 16.0, digits.target
     features = {
-        precision: ImageEncoder(batch_size=BATCH, device=device, encode_precision=precision).fit(X[:1]).transform(X)
+        precision: ImageEncoder(batch_size=BATCH, device=device, compile="off", encode_precision=precision)
+        .fit(X[:1]).transform(X)
         for precision in ("fp32", "bf16")
     }
     scores = {precision: [] for precision in features}
@@ -169,69 +238,98 @@ def splits_check(device: str, n_splits: int = 10) -> None:
         )
 
 
+# -- the parent: interleaved rounds -----------------------------------------------------
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, help="a folder of images (default: write JPEGs)")
-    parser.add_argument("--n", type=int, default=1024, help="JPEG files to write without --images")
+    parser.add_argument("--n", type=int, default=600, help="JPEG files to write without --images")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--device", default="cpu", help="'cuda' for a GPU (not measured in RESULTS.md)")
-    parser.add_argument("--no-inductor", action="store_true", help="skip compile='inductor' (no C++ compiler)")
-    parser.add_argument("--demo", action="store_true", help="also check the demo's Recall@1")
+    parser.add_argument("--bf16", action="store_true", help="also time encode_precision='bf16' (needs AMX/AVX512-BF16)")
+    parser.add_argument("--inductor", action="store_true", help="also time compile='inductor' (C++ compiler)")
+    parser.add_argument("--demo", action="store_true", help="also check the demo's metrics")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     print(describe())
 
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
         folder = args.images
         if folder is None:
-            folder = Path(tmp) / "jpegs"
+            folder = tmp / "jpegs"
             write_jpegs(folder, args.n)
         n = sum(1 for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        print(f"{n} images under {folder}; batch {BATCH}; device {args.device}")
+        print(f"{n} images under {folder}; batch {BATCH} (loop), 32 (ours, the default); device {args.device}")
 
-        configs = {
-            "fp32 eager": {"compile": "off"},
-            "bf16 eager": {"compile": "off", "encode_precision": "bf16"},
-            "bf16 freeze": {"compile": "freeze", "encode_precision": "bf16"},
+        options = {
+            'compile="off" (fp32 eager)': {"compile": "off"},
+            'compile="freeze" (fp32)': {"compile": "freeze"},
         }
-        if not args.no_inductor:
-            configs["fp32 inductor"] = {"compile": "inductor"}
-            configs["bf16 inductor"] = {"compile": "inductor", "encode_precision": "bf16"}
-        loop_times = {0: [], 2: []}
-        cold, warm, warmup = ({name: [] for name in configs} for _ in range(3))
-        features, loop_features = {}, None
+        if args.bf16:
+            options['bf16 eager'] = {"compile": "off", "encode_precision": "bf16"}
+            options['bf16 freeze'] = {"compile": "freeze", "encode_precision": "bf16"}
+        if args.inductor:
+            options['fp32 inductor'] = {"compile": "inductor"}
+            options['bf16 inductor'] = {"compile": "inductor", "encode_precision": "bf16"}
+        names = ["torchvision loop", "defaults, cold", "defaults, warm", *options, "input side only"]
+        seconds = {name: [] for name in names}
+        details = {"defaults, cold": [], "defaults, warm": []}
+        files = {name: tmp / f"{i}.npy" for i, name in enumerate(names)}
+        base = {"folder": str(folder), "device": args.device}
         for round_ in range(args.repeats):
-            for workers in loop_times:
-                loop_features, seconds = torchvision_loop(folder, workers, args.device)
-                loop_times[workers].append(seconds)
-            for name, params in configs.items():
-                feats, c, w, up = ours(folder, params, args.device, warm_calls=1)
-                features[name] = feats
-                cold[name].append(c)
-                warm[name].append(w)
-                warmup[name].append(up)
-            loops = ", ".join(f"{w} workers {n / t[-1]:.1f}" for w, t in loop_times.items())
-            ours_ = ", ".join(f"{name} {n / cold[name][-1]:.1f}/{n / warm[name][-1]:.1f}" for name in configs)
-            print(f"round {round_ + 1}/{args.repeats} img/s: loop {loops}; cold/warm {ours_}", flush=True)
-
-        loop_rate = max(n / statistics.median(times) for times in loop_times.values())
-        print()
-        print(f"{'configuration':26s} {'cold img/s':>10s} {'warm img/s':>10s} {'x loop':>7s} {'warm-up s':>9s}")
-        for workers, times in loop_times.items():
-            rate = n / statistics.median(times)
-            print(f"{f'torchvision loop, {workers} workers':26s} {rate:10.1f} {'':>10s} {rate / loop_rate:7.2f}")
-        for name in configs:
-            cold_rate, warm_rate = n / statistics.median(cold[name]), n / statistics.median(warm[name])
+            artefacts = {"SKRETRIEVAL_CACHE_DIR": str(tmp / f"artefacts-{round_}")}  # empty: cold
+            for name in names:
+                if name == "torchvision loop":
+                    result = in_fresh_process({**base, "kind": "loop", "out": str(files[name])})
+                elif name == "input side only":
+                    result = in_fresh_process({**base, "kind": "input"})
+                elif name.startswith("defaults"):
+                    result = in_fresh_process({**base, "kind": "ours", "params": {}, "out": str(files[name])}, artefacts)
+                    details[name].append(result)
+                else:
+                    result = in_fresh_process({**base, "kind": "ours", "params": options[name], "out": str(files[name])}, artefacts)
+                seconds[name].append(result["seconds"])
+            loop = seconds["torchvision loop"][-1]
             print(
-                f"{name:26s} {cold_rate:10.1f} {warm_rate:10.1f} {warm_rate / loop_rate:7.2f} "
-                f"{statistics.median(warmup[name]):9.1f}"
+                f"round {round_ + 1}/{args.repeats}: "
+                + ", ".join(f"{name} {n / s[-1]:.1f} img/s ({loop / s[-1]:.2f}x)" for name, s in seconds.items()),
+                flush=True,
             )
-        reference = features["fp32 eager"]
+
         print()
-        for name in configs:
-            c = cosines(features[name], reference)
-            print(f"cosine to fp32 eager, {name:26s} min {c.min():.5f}  mean {c.mean():.6f}")
-        c = cosines(loop_features, reference)
-        print(f"cosine to fp32 eager, {'torchvision loop (PIL)':26s} min {c.min():.5f}  mean {c.mean():.6f}")
+        print(f"{'configuration':30s} {'img/s':>7s} {'x loop':>7s}   per round (x loop)")
+        for name, times in seconds.items():
+            ratios = [loop / t for loop, t in zip(seconds["torchvision loop"], times)]
+            print(
+                f"{name:30s} {n / statistics.median(times):7.1f} {statistics.median(ratios):7.2f}   "
+                + " ".join(f"{r:.2f}" for r in ratios)
+            )
+        for name, runs in details.items():
+            print(
+                f"{name}: fit {statistics.median(r['fit'] for r in runs):.2f} s, ONNX export/load + session "
+                f"{statistics.median(r['warmup'] for r in runs):.2f} s, exported {[r['exported'] for r in runs]}, "
+                f"runtime {runs[0]['builds']}"
+            )
+        eager = np.load(files['compile="off" (fp32 eager)'])
+        loop_features = np.load(files["torchvision loop"])
+        print()
+        for name in names:
+            if name in ("input side only",) or not files[name].exists():
+                continue
+            c = cosines(np.load(files[name]), eager)
+            p = cosines(np.load(files[name]), loop_features)
+            print(
+                f"cosine of {name:28s} to torch eager fp32: min {c.min():.5f} mean {c.mean():.6f}; "
+                f"to the loop (PIL resize): min {p.min():.4f} mean {p.mean():.4f}"
+            )
     if args.demo:
         print()
         demo_check(args.device)

@@ -30,7 +30,9 @@ from torch import nn
 from .io._untrusted import npy_header
 
 # v2: uint8 images are resized as uint8 (within one level of the v1 float resize).
-_FORMAT = "v2"
+# v3: float images are rounded to uint8 levels first, and enlarged images are resized as
+# floats (one path per image, chosen by the geometry, not the container).
+_FORMAT = "v3"
 
 
 def image_key(image: torch.Tensor) -> str:

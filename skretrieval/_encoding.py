@@ -127,8 +127,8 @@ def _preprocess_batch(batch, preprocess, device) -> torch.Tensor:
 
 
 def _preprocess(images: torch.Tensor, preprocess) -> torch.Tensor:
-    if images.dtype == torch.uint8 and isinstance(preprocess, Preprocessing):
-        return preprocess(to_rgb(images))  # resized as uint8: much faster than as floats
+    if isinstance(preprocess, Preprocessing):  # any dtype: it resizes every image as uint8
+        return preprocess(to_rgb(images))
     return preprocess(to_unit_float(images))
 
 

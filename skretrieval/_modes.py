@@ -3,5 +3,5 @@
 ``skretrieval --help`` lists them without importing torch (``_inference`` needs it).
 """
 
-COMPILE_MODES = ("auto", "off", "freeze", "inductor")
+COMPILE_MODES = ("auto", "off", "onnx", "freeze", "inductor")
 ENCODE_PRECISIONS = ("fp32", "bf16")

@@ -82,16 +82,24 @@ class Preprocessing:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocess a batch ``(N, 3, H, W)``: float in [0, 1], or uint8 in [0, 255].
 
-        A uint8 batch is resized and cropped as uint8, then scaled: about nine times faster
-        than resizing floats on a CPU, and within 1/255 of it per pixel (the resized values
-        are rounded to integers, as PIL does). Bicubic resizing always runs on floats.
+        One image gives the same input whatever holds it (a file, a uint8 or float array, a
+        tensor): a float batch is first rounded to the 256 levels an image file holds
+        (``uint8_images / 255`` round-trips exactly), and the choice of kernel depends on
+        the geometry only. A batch that is shrunk is resized as uint8, about five times
+        faster than floats on a CPU, the result rounded to integers as PIL does (averaging
+        many pixels, the rounding is noise of half a level). A batch that is enlarged (a
+        small image, e.g. 8 x 8 digits) is resized as floats: rounding a smooth
+        interpolation to integers would band it into steps, which moves the features.
+        Bicubic resizing runs on floats too: torch's uint8 bicubic is another filter.
         """
         from torchvision.transforms.v2 import functional as TF  # torchvision when images are resized
 
         mode = TF.InterpolationMode(self.interpolation)
-        if images.dtype == torch.uint8 and self.interpolation == "bicubic":
-            images = images.float().div_(255.0)  # torch's uint8 bicubic is another filter
-        elif images.dtype == torch.uint8 and images.ndim == 4:
+        if images.dtype != torch.uint8:
+            images = to_uint8(images)
+        if self.interpolation == "bicubic" or self._enlarges(*images.shape[-2:]):
+            images = images.float().div_(255.0)
+        elif images.ndim == 4:
             # torch's uint8 kernel works channels-last; a contiguous batch resized to 1 x 1
             # trips an internal assertion of torch 2.x.
             images = images.contiguous(memory_format=torch.channels_last)
@@ -117,6 +125,11 @@ class Preprocessing:
         scale = min(self._shorter_side() / shorter, 1.0)
         return math.ceil(height * scale), math.ceil(width * scale)
 
+    def _enlarges(self, height: int, width: int) -> bool:
+        if self.resize_mode == "stretch":
+            return self.size[0] > height or self.size[1] > width
+        return self._shorter_side() > min(height, width)
+
     def _shorter_side(self) -> int:
         return round(min(self.size) / self.crop_pct)
 
@@ -129,6 +142,13 @@ class Preprocessing:
                 f"{[f.name for f in dataclasses.fields(self)]}."
             )
         return dataclasses.replace(self, **changes)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] rounded to the uint8 levels 0..255; integer images in [0, 255] cast."""
+    if images.is_floating_point():
+        images = images.mul(255.0).round_()
+    return images.clamp(0, 255).to(torch.uint8)
 
 
 def identity(images: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,22 @@
 """Shared fixtures: tiny encoders and small images, so the suite stays fast on 2 CPU cores."""
 
+import os
+
 import numpy as np
 import pytest
 from helpers import TinyEncoder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _artefact_cache(tmp_path_factory):
+    """Exported encoders go to a temporary folder, never the user's cache (subprocesses too)."""
+    previous = os.environ.get("SKRETRIEVAL_CACHE_DIR")
+    os.environ["SKRETRIEVAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("skretrieval-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SKRETRIEVAL_CACHE_DIR", None)
+    else:
+        os.environ["SKRETRIEVAL_CACHE_DIR"] = previous
 
 
 @pytest.fixture

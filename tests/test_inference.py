@@ -1,4 +1,4 @@
-"""The encoder's fast paths (frozen, compiled, bf16, channels-last) keep its answers and its state."""
+"""The encoder's fast paths (ONNX Runtime, frozen, compiled, bf16, channels-last) keep its answers and its state."""
 
 import copy
 import os
@@ -34,7 +34,7 @@ def _cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-@pytest.mark.parametrize("compile_mode", ["freeze", "inductor"])
+@pytest.mark.parametrize("compile_mode", ["onnx", "freeze", "inductor"])
 def test_fast_copies_give_the_eager_features(compile_mode):
     if compile_mode == "inductor":
         pytest.importorskip("torch._inductor")
@@ -69,14 +69,15 @@ def test_frozen_copies_one_per_batch_bucket():
     assert len(runner._frozen) == 5
 
 
-def test_a_trace_that_took_one_branch_falls_back_to_eager():
+@pytest.mark.parametrize("compile_mode", ["freeze", "onnx"])
+def test_a_trace_that_took_one_branch_falls_back_to_eager(compile_mode):
     class Branchy(torch.nn.Module):
         def forward(self, x):
             pooled = x.mean(dim=(2, 3))
             return pooled * 2 if pooled.mean() > 0.5 else -pooled  # data-dependent
 
     dark, bright = _images(4) * 0.2, 0.8 + _images(4, seed=1) * 0.2
-    model = ImageEncoder(Branchy(), compile="freeze", batch_size=4, **TINY).fit(dark)
+    model = ImageEncoder(Branchy(), compile=compile_mode, batch_size=4, **TINY).fit(dark)
     model.transform(dark)  # traced on the dark branch
     with pytest.warns(RuntimeWarning, match="disagrees"):
         got = model.transform(bright)
@@ -85,15 +86,15 @@ def test_a_trace_that_took_one_branch_falls_back_to_eager():
     np.testing.assert_allclose(model.transform(bright), expected, rtol=1e-6)  # eager from now
 
 
-def test_an_untraceable_module_warns_and_runs_eagerly():
+def test_an_untraceable_module_warns_and_runs_eagerly(compile_mode="freeze"):
     class WithNote(torch.nn.Module):
         def forward(self, x):
             return x.mean(dim=(2, 3)), "a note"  # tracing refuses non-tensor outputs
 
     images = _images(3)
     expected = ImageEncoder(WithNote(), compile="off", **TINY).fit(images).transform(images)
-    model = ImageEncoder(WithNote(), compile="freeze", **TINY).fit(images)
-    with pytest.warns(RuntimeWarning, match="compile='freeze' is not available"):
+    model = ImageEncoder(WithNote(), compile=compile_mode, **TINY).fit(images)
+    with pytest.warns(RuntimeWarning, match=f"compile='{compile_mode}' is not available"):
         got = model.transform(images)
     np.testing.assert_array_equal(got, expected)
     with warnings.catch_warnings():
@@ -178,6 +179,14 @@ def test_auto_rules():
     assert resolve_compile("freeze", small, checked=False, is_module=True) == "freeze"
     assert resolve_compile("inductor", 1, checked=False, is_module=False) == "eager"
     assert resolve_compile("off", big, checked=True, is_module=True) == "eager"
+    # ONNX Runtime for modules of known parts, on the CPU, in fp32, whatever the job size
+    for n in (1, None, big):
+        assert resolve_compile("auto", n, checked=False, is_module=True, exportable=True) == "onnx"
+    assert resolve_compile("auto", big, True, True, exportable=True, device_type="cuda") == "inductor"
+    assert resolve_compile("auto", small, True, True, exportable=True, device_type="cuda") == "eager"
+    assert resolve_compile("auto", small, True, True, exportable=True, precision="bf16") == "eager"
+    assert resolve_compile("onnx", 1, checked=False, is_module=True) == "onnx"  # asked for: tried
+    assert resolve_compile("onnx", 1, checked=False, is_module=False) == "eager"  # a plain callable
     with pytest.raises(ValueError, match="compile='jit' is not supported"):
         resolve_compile("jit", 1, True, True)
 
