@@ -1,10 +1,11 @@
 """The gallery as the search engine holds it, and the blocked scan that finds candidates.
 
 A :class:`SearchGallery` is prepared once (normalised, moved to the device, copied to the
-matrix-product dtype) and can be kept resident between searches. :func:`scan_candidates`
-streams query blocks against gallery blocks and yields, per block, only the pairs whose
-proxy score reaches a per-query threshold: whole chunks of ``_CHUNK`` columns are discarded
-by their maximum first, so most of a block is never looked at element by element.
+matrix-product dtype) and can be kept resident between searches. :func:`candidates` finds the
+pairs of a score block whose proxy reaches a per-query threshold (the radius search's scan):
+whole chunks of ``_CHUNK`` columns are discarded by their maximum first, so most of a block is
+never looked at element by element. The error bounds that keep reduced-precision products exact
+are :meth:`SearchGallery.margin`, :meth:`~SearchGallery.lower` and :meth:`~SearchGallery.floor`.
 """
 
 from __future__ import annotations

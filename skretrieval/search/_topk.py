@@ -207,8 +207,10 @@ def _settle(gallery: SearchGallery, qb, q0, best, pending, threshold, exclude_se
     per_batch = max(1, int(budget // (12 * gallery.exact.shape[1])))  # gathered rows, product
     for b0 in range(0, len(rows), per_batch):
         r, c = rows[b0 : b0 + per_batch], cols[b0 : b0 + per_batch]
-        # A callable's block scores are its exact scores.
-        values = gallery.similarity.exact(qb[r], gallery.exact[c]) if gallery.similarity.is_matmul else proxies[b0 : b0 + per_batch]
+        if gallery.similarity.is_matmul:
+            values = gallery.similarity.exact(qb[r], gallery.exact[c])
+        else:  # a callable's block scores are its exact scores
+            values = proxies[b0 : b0 + per_batch]
         keep = values > -torch.inf  # NaN and -inf never match
         best = merge_topk(*best, r[keep], c[keep], values[keep])
     return best
