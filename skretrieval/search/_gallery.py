@@ -1,10 +1,11 @@
 """The gallery as the search engine holds it, and the blocked scan that finds candidates.
 
 A :class:`SearchGallery` is prepared once (normalised, moved to the device, copied to the
-matrix-product dtype) and can be kept resident between searches. :func:`scan_candidates`
-streams query blocks against gallery blocks and yields, per block, only the pairs whose
-proxy score reaches a per-query threshold: whole chunks of ``_CHUNK`` columns are discarded
-by their maximum first, so most of a block is never looked at element by element.
+matrix-product dtype) and can be kept resident between searches. :func:`candidates` finds the
+pairs of a score block whose proxy reaches a per-query threshold (the radius search's scan):
+whole chunks of ``_CHUNK`` columns are discarded by their maximum first, so most of a block is
+never looked at element by element. The error bounds that keep reduced-precision products exact
+are :meth:`SearchGallery.margin`, :meth:`~SearchGallery.lower` and :meth:`~SearchGallery.floor`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from ._similarity import Similarity
 _CHUNK = 128  # columns whose max is compared with the threshold before any element is
 _MAX_QUERY_BLOCK = 1024
 _MAX_GALLERY_BLOCK = 16384  # larger blocks stop helping the product and hurt the cache
+# On a CPU a score block should stay in the last-level cache: 1000 x 16384 blocks (64 MiB) ran
+# the 1000 x 200000 x 512 product ~15% slower than 1000 x 1024 ones, while each block also costs
+# a few small selection ops, which a loaded machine makes slow; ~4M scores (16 MiB) balance the
+# two. GPUs take the budget's blocks.
+_CPU_BLOCK_SCORES = 2**22
 
 
 class SearchGallery:
@@ -50,46 +56,66 @@ class SearchGallery:
         self.low = self.exact if self.dtype == torch.float32 else self.exact.to(self.dtype)
         norms = torch.linalg.vector_norm(self.exact, dim=1)
         self.sqnorm = norms * norms
-        self.max_norm = float(norms.max()) if len(norms) else 0.0
+        # Rows with NaN or inf never match (their scores are NaN); they must not void the bound.
+        self.max_norm = _finite_max(norms)
         self.max_rounding = _max_rounding(self.exact, self.low)
 
     @property
     def n_gallery(self) -> int:
         return self.exact.shape[0]
 
-    def margin(self, queries: torch.Tensor) -> torch.Tensor:
+    def margin(self, queries: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Per query, a bound on ``|proxy - exact proxy|`` before the output rounding.
 
         For a product, ``q~.g~ - q.g = q.(g~ - g) + (q~ - q).g~``, so the measured rounding
         norms bound it (Cauchy-Schwarz), plus the float32 accumulation of the exact products
         of bf16/fp16 numbers. The euclidean proxy, with more roundings, uses the a-priori
-        bound of :func:`matmul_error_bound`.
+        bound of :func:`matmul_error_bound`. ``dtype`` is the product's (the gallery's when
+        None; float32 for products of the float32 copy).
         """
         if not self.similarity.is_matmul:
             return torch.zeros(len(queries), device=self.device)
+        dtype = self.dtype if dtype is None else dtype
         d = self.exact.shape[1]
         q_norm = torch.linalg.vector_norm(queries, dim=1)
         if self.similarity.proxy_scale != 1.0:
-            bound = matmul_error_bound(self.dtype, d)
+            bound = matmul_error_bound(dtype, d)
             scale = self.similarity.proxy_scale
             # The euclidean proxy also subtracts ||b||^2 and compares with ||a||^2 - d^2,
             # where d, re-scored in float32, is off by up to ~d u ||a - b||.
             squares = 2.0 * scale * (self.max_norm**2 + q_norm * q_norm)
             return bound * (scale * q_norm * self.max_norm + squares)
-        q_rounding = torch.linalg.vector_norm(queries - queries.to(self.dtype).float(), dim=1)
         # Float32 accumulation, once in the product and once in the re-scoring whose
         # values set the threshold.
         accumulation = 2.2 * (d + 4) * 2.0**-24 * q_norm * self.max_norm
+        if dtype == torch.float32:
+            return accumulation
+        q_rounding = torch.linalg.vector_norm(queries - queries.to(dtype).float(), dim=1)
         return 1.001 * (q_norm * self.max_rounding + q_rounding * self.max_norm) + accumulation
 
-    def lower(self, threshold: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    def lower(self, threshold: torch.Tensor, margin: torch.Tensor, dtype: torch.dtype | None = None):
         """The proxy threshold that keeps every pair whose exact proxy reaches ``threshold``.
 
         Rounding the product's output is monotone, so a pair with exact proxy ``>= t`` has a
         computed proxy ``>= fl(t - margin) >= (t - margin) - u * abs(t - margin)``.
         """
         lowered = threshold - margin
-        return lowered - 1.01 * unit_roundoff(self.dtype) * lowered.abs()
+        return lowered - 1.01 * unit_roundoff(self.dtype if dtype is None else dtype) * lowered.abs()
+
+    def floor(self, threshold: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+        """The least exact proxy of a pair whose computed proxy reaches ``threshold``.
+
+        The converse of :meth:`lower`: a computed proxy ``c >= t`` comes from a value within
+        ``u * abs(c)`` of it (output rounding), itself within ``margin`` of the exact proxy.
+        Infinite thresholds stay as they are.
+        """
+        floored = threshold - margin - 1.01 * unit_roundoff(self.dtype) * threshold.abs()
+        return torch.where(torch.isinf(threshold), threshold, floored)
+
+
+def _finite_max(values: torch.Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.max()) if len(finite) else 0.0
 
 
 def _max_rounding(exact: torch.Tensor, low: torch.Tensor, rows: int = 65536) -> float:
@@ -97,7 +123,7 @@ def _max_rounding(exact: torch.Tensor, low: torch.Tensor, rows: int = 65536) -> 
     if low.dtype == torch.float32 or not len(exact):
         return 0.0
     return max(
-        float(torch.linalg.vector_norm(exact[i : i + rows] - low[i : i + rows].float(), dim=1).max())
+        _finite_max(torch.linalg.vector_norm(exact[i : i + rows] - low[i : i + rows].float(), dim=1))
         for i in range(0, len(exact), rows)
     )
 
@@ -114,13 +140,15 @@ def block_sizes(
     working_memory: float | None,
     bytes_per_score: int = 4,
     device=None,
+    *,
+    bytes_per_query: int = 0,
 ) -> tuple[int, int]:
     """Rows of queries and gallery scored at once so one score block fits the budget.
 
     ``working_memory`` is in MiB, as scikit-learn's ``working_memory``. When None, the budget
     is a quarter of the free memory of a CUDA ``device`` (``torch.cuda.mem_get_info``), and
     scikit-learn's global setting elsewhere. Gallery blocks are whole chunks of 128 columns
-    when they can be.
+    when they can be; on a CPU a block holds at most ~1M scores, so it stays in cache.
 
     Parameters
     ----------
@@ -131,7 +159,10 @@ def block_sizes(
     bytes_per_score : int, default=4
         Memory each score of a block takes (the search counts its product dtype and a mask byte).
     device : str or torch.device, default=None
-        Where the search runs (for the CUDA budget).
+        Where the search runs (for the CUDA budget and block shape).
+    bytes_per_query : int, default=0
+        Memory each query row of a block keeps for the whole scan (top-k: its chunk maxima),
+        taken from the same budget.
 
     Returns
     -------
@@ -145,26 +176,33 @@ def block_sizes(
     (10, 1000)
     """
     budget_mib = working_memory if working_memory is not None else default_working_memory(device)
-    budget = max(1, int(budget_mib * 2**20 // bytes_per_score))
-    query_block = max(1, min(n_queries, _MAX_QUERY_BLOCK, budget))
-    gallery_block = max(1, min(n_gallery, _MAX_GALLERY_BLOCK, budget // query_block))
+    budget = max(1, int(budget_mib * 2**20))
+    query_block = max(1, min(n_queries, _MAX_QUERY_BLOCK, budget // (bytes_per_score + bytes_per_query)))
+    scores = max(1, (budget - query_block * bytes_per_query) // bytes_per_score)
+    gallery_block = max(1, min(n_gallery, _MAX_GALLERY_BLOCK, scores // query_block))
+    if device is None or torch.device(device).type != "cuda":
+        gallery_block = min(gallery_block, max(_CHUNK, _CPU_BLOCK_SCORES // query_block))
     if _CHUNK < gallery_block < n_gallery:
         gallery_block -= gallery_block % _CHUNK
     return query_block, gallery_block
 
 
-def prepare_search(queries, gallery, similarity, dtype, device, working_memory):
+def prepare_search(queries, gallery, similarity, dtype, device, working_memory, bytes_per_query=0):
     """What every blocked search starts with (top-k and radius alike).
 
     Returns the :class:`SearchGallery` (built unless one is given), the prepared float32
-    queries on its device, and the query and gallery block sizes for ``working_memory``.
+    queries on its device, and the query and gallery block sizes for ``working_memory``
+    (``bytes_per_query``: see :func:`block_sizes`).
     """
     if not isinstance(gallery, SearchGallery):
         gallery = SearchGallery(gallery, similarity, dtype, device)
     queries = torch.as_tensor(np.asarray(queries), dtype=torch.float32).to(gallery.device)
     queries = similarity.prepare(queries)
     bytes_per_score = gallery.low.element_size() + 1
-    blocks = block_sizes(len(queries), gallery.n_gallery, working_memory, bytes_per_score, gallery.device)
+    blocks = block_sizes(
+        len(queries), gallery.n_gallery, working_memory, bytes_per_score, gallery.device,
+        bytes_per_query=bytes_per_query,
+    )
     return gallery, queries, *blocks
 
 
@@ -203,7 +241,8 @@ def candidates(scores: torch.Tensor, threshold: torch.Tensor):
     threshold = threshold.to(scores.dtype)
     chunks = scores.view(n_rows, -1, _CHUNK)
     n_chunks = chunks.shape[1]
-    rows, chunk = torch.nonzero(chunks.amax(dim=2) >= threshold[:, None], as_tuple=True)
+    # "not below" rather than ">=": a chunk whose max is NaN (a NaN gallery row) is looked into.
+    rows, chunk = torch.nonzero(~(chunks.amax(dim=2) < threshold[:, None]), as_tuple=True)
     hit_chunks = chunks.view(-1, _CHUNK).index_select(0, rows * n_chunks + chunk)
     hit, offset = torch.nonzero(hit_chunks >= threshold[rows][:, None], as_tuple=True)
     rows, cols = rows[hit], chunk[hit] * _CHUNK + offset

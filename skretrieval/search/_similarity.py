@@ -52,8 +52,11 @@ class Similarity:
         return x
 
     def block(self, queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm=None) -> torch.Tensor:
-        """Proxy scores of prepared queries against gallery rows (any float dtype)."""
-        return queries @ gallery.T
+        """Proxy scores of prepared queries against gallery rows (any float dtype).
+
+        Batched inputs ``(b, n, d)`` and ``(b, m, d)`` give ``(b, n, m)``.
+        """
+        return queries @ gallery.mT
 
     def exact(self, queries: torch.Tensor, gallery_rows: torch.Tensor) -> torch.Tensor:
         """Float32 scores of pairs: ``queries[i]`` against ``gallery_rows[i]``."""
@@ -104,8 +107,8 @@ class EuclideanSimilarity(Similarity):
 
     def block(self, queries, gallery, gallery_sqnorm=None):
         if gallery_sqnorm is None:
-            gallery_sqnorm = (gallery.float() ** 2).sum(dim=1)
-        return 2.0 * (queries @ gallery.T) - gallery_sqnorm.to(queries.dtype)
+            gallery_sqnorm = (gallery.float() ** 2).sum(dim=-1)
+        return 2.0 * (queries @ gallery.mT) - gallery_sqnorm.unsqueeze(-2).to(queries.dtype)
 
     def exact(self, queries, gallery_rows):
         return -torch.linalg.vector_norm(queries - gallery_rows, dim=1)
