@@ -177,7 +177,7 @@ def in_fresh_process(job: dict, env: dict | None = None) -> dict:
 
 
 def demo_check(device: str) -> None:
-    from skretrieval import ImageRetriever
+    from skretrieval import ImageEncoder, ImageRetriever
     from skretrieval._demo import load_digit_split
     from skretrieval.metrics import retrieval_report
 
@@ -190,10 +190,8 @@ def demo_check(device: str) -> None:
     ]
     for name, params in configs:
         start = time.perf_counter()
-        retriever = ImageRetriever(
-            ImageEncoder(batch_size=BATCH, device=device),
-            **params,
-        ).fit(X_gallery, y_gallery)
+        encoding = ImageEncoder(batch_size=BATCH, device=device, **params)
+        retriever = ImageRetriever(encoding).fit(X_gallery, y_gallery)
         metrics = ["recall@1", "recall@5", "accuracy"]
         report = retrieval_report(retriever, X_query, y_query, metrics, output_dict=True)
         seconds = time.perf_counter() - start

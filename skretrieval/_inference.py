@@ -27,6 +27,7 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"skr
 warnings.filterwarnings("ignore", r"`torch\.jit\.(trace|trace_method|freeze)` is deprecated", FutureWarning)
 
 from ._modes import COMPILE_MODES, ENCODE_PRECISIONS  # noqa: E402  (re-exported: defined torch-free)
+
 # compile="auto" compiles a checked encoder (torch.compile) for jobs of at least this many
 # images: compiling takes about 30 s on two cores and then saved ~13 ms an image (fp32,
 # 36.8 -> 69.0 img/s), so it pays from ~2,400 images; the margin covers slower compilers.

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from numbers import Real
 
 import numpy as np
+
 from ._sklearn_compat import Interval, StrOptions
 from .metrics._open_set import _threshold_at_rate
 

@@ -92,7 +92,8 @@ class Preprocessing:
         interpolation to integers would band it into steps, which moves the features.
         Bicubic resizing runs on floats too: torch's uint8 bicubic is another filter.
         """
-        from torchvision.transforms.v2 import functional as TF  # torchvision when images are resized
+        # torchvision only when images are resized: importing it takes seconds
+        from torchvision.transforms.v2 import functional as TF
 
         mode = TF.InterpolationMode(self.interpolation)
         if images.dtype != torch.uint8:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from ._built import BuiltEncoder
 from ._torchvision import build_torchvision_encoder, torchvision_model_names
 
-
 _BUILDERS: dict[str, Callable[..., BuiltEncoder]] = {}
 
 

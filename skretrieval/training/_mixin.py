@@ -10,10 +10,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import column_or_1d
 from torch import nn
 
+from .._neighbors import _aligned_labels
 from .._sklearn_compat import Interval, StrOptions
 from ..heads import HEAD_NAMES, Projection, build_head, head_options
 from ..heads._registry import _losses
-from .._neighbors import _aligned_labels
 from ..io import FeatureInput, read_input
 from ..search import get_similarity
 from ._batch_augments import build_batch_augments
