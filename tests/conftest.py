@@ -38,3 +38,18 @@ def colour_images():
 def tiny_prep():
     """Preprocessing for the tiny encoder: 8x8 inputs, no crop."""
     return {"size": 8, "crop_pct": 1.0}
+
+
+@pytest.fixture
+def folders(colour_images, tmp_path):
+    """gallery/<red|green|blue>/*.png (6 each) and queries/<colour>/*.png (2 each)."""
+    from PIL import Image
+
+    images, labels = colour_images
+    names = np.array(["red", "green", "blue"])[labels]
+    for n, (image, name) in enumerate(zip(images, names)):
+        split = "queries" if n % 8 >= 6 else "gallery"
+        folder = tmp_path / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{n:02d}.png")
+    return tmp_path

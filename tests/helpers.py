@@ -1,7 +1,11 @@
 """Tiny encoders for tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
 
+import numpy as np
 import torch
 from torch import nn
+
+from skretrieval import Preprocessing
+from skretrieval.encoders import BuiltEncoder, register_encoder
 
 # Modules whose whole __all__ is public API, documented in docs/api.rst with examples
 # (skretrieval.io and .training also export internals the estimators use).
@@ -36,3 +40,23 @@ class TinyEncoder(nn.Module):
         self.counter.images += len(x)
         pooled = torch.relu(self.conv(x)).mean(dim=(2, 3))
         return torch.cat([x.mean(dim=(2, 3)), pooled], dim=1)
+
+
+@register_encoder("cli_tiny")
+def _cli_tiny(weights=None):
+    """The tiny encoder by name: the command line takes encoder names."""
+    return BuiltEncoder(TinyEncoder(), Preprocessing(size=8, crop_pct=1.0))
+
+
+CLI_TINY = ["--encoder", "cli_tiny", "--device", "cpu"]
+
+
+def reference_scores(queries, gallery, name):
+    """Brute-force float64 similarities of every query to every gallery row (numpy)."""
+    q, g = np.asarray(queries, np.float64), np.asarray(gallery, np.float64)
+    if name == "cosine":
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    if name == "euclidean":
+        return -np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
+    return q @ g.T

@@ -7,33 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TinyEncoder
+from helpers import CLI_TINY as TINY  # the tiny encoder by name
 
-from skretrieval import ImageEncoder, Preprocessing, cli
-from skretrieval.encoders import BuiltEncoder, register_encoder
-
-
-@register_encoder("cli_tiny")
-def _cli_tiny(weights=None):
-    return BuiltEncoder(TinyEncoder(), Preprocessing(size=8, crop_pct=1.0))
-
-
-TINY = ["--encoder", "cli_tiny", "--device", "cpu"]
-
-
-@pytest.fixture
-def folders(colour_images, tmp_path):
-    """gallery/<red|green|blue>/*.png (6 each) and queries/<colour>/*.png (2 each)."""
-    from PIL import Image
-
-    images, labels = colour_images
-    names = np.array(["red", "green", "blue"])[labels]
-    for n, (image, name) in enumerate(zip(images, names)):
-        split = "queries" if n % 8 >= 6 else "gallery"
-        folder = tmp_path / split / name
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{n:02d}.png")
-    return tmp_path
+from skretrieval import ImageEncoder, cli
 
 
 def _index(folders, capsys, *extra):

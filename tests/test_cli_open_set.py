@@ -5,19 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import TinyEncoder
+from helpers import CLI_TINY as TINY  # the tiny encoder by name
 
-from skretrieval import ImageRetriever, Preprocessing, cli, load
-from skretrieval.encoders import BuiltEncoder, register_encoder
+from skretrieval import ImageRetriever, cli, load
 from skretrieval.metrics import detection_identification_rate, equal_error_rate, false_match_rate
-
-
-@register_encoder("cli_open_set_tiny")
-def _tiny(weights=None):
-    return BuiltEncoder(TinyEncoder(), Preprocessing(size=8, crop_pct=1.0))
-
-
-TINY = ["--encoder", "cli_open_set_tiny", "--device", "cpu"]
 
 
 @pytest.fixture

@@ -1,20 +1,11 @@
 """Blocked top-k equals a brute-force numpy ranking, ties to the lower index, any block size."""
 
 import numpy as np
+from helpers import reference_scores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skretrieval.search import get_similarity, topk_search
-
-
-def _reference(queries, gallery, name):
-    q, g = queries.astype(np.float64), gallery.astype(np.float64)
-    if name == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    if name == "euclidean":
-        return -np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
-    return q @ g.T
 
 
 @settings(max_examples=60, deadline=None)
@@ -34,7 +25,7 @@ def test_matches_brute_force_with_ties(n_gallery, n_queries, dim, name, working_
     queries = rng.integers(-2, 3, size=(n_queries, dim)).astype(np.float32)
     k = data.draw(st.integers(1, n_gallery))
     scores, indices = topk_search(queries, gallery, k, get_similarity(name), working_memory=working_memory)
-    reference = _reference(queries, gallery, name)
+    reference = reference_scores(queries, gallery, name)
     np.testing.assert_allclose(scores, np.take_along_axis(reference, indices, axis=1), atol=1e-5)
     # Rounded to float32 as we compute; ties then go to the lower gallery index.
     rounded = np.round(reference, 5)

@@ -8,6 +8,7 @@ in float32, so near-equal scores may order differently from a float64 reference;
 import numpy as np
 import pytest
 import torch
+from helpers import reference_scores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,16 +21,6 @@ from skretrieval.search import (
 )
 
 TOL = 1e-5
-
-
-def reference_scores(queries, gallery, name):
-    q, g = np.asarray(queries, np.float64), np.asarray(gallery, np.float64)
-    if name == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    if name == "euclidean":
-        return -np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
-    return q @ g.T
 
 
 def reference_topk(scores, k):

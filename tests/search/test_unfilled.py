@@ -7,20 +7,11 @@ hide their neighbours (same block, same chunk) or void the error bounds of every
 import numpy as np
 import pytest
 import torch
+from helpers import reference_scores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skretrieval.search import SearchGallery, get_similarity, radius_search, topk_search
-
-
-def _reference(queries, gallery, name):
-    q, g = queries.astype(np.float64), gallery.astype(np.float64)
-    if name == "cosine":
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    if name == "euclidean":
-        return -np.sqrt(((q[:, None] - g[None]) ** 2).sum(-1))
-    return q @ g.T
 
 
 def _reference_topk(reference, k):
@@ -56,7 +47,7 @@ def test_nan_gallery_row_hides_nothing(name, dtype):
     poisoned[[4, 1500]] = np.nan
     with_nan = np.vstack([queries[:1], [[np.nan] * 16], queries[1:]])
     scores, indices = topk_search(with_nan, poisoned, 5, get_similarity(name), dtype=dtype)
-    expected_scores, expected = _reference_topk(_reference(with_nan, poisoned, name), 5)
+    expected_scores, expected = _reference_topk(reference_scores(with_nan, poisoned, name), 5)
     np.testing.assert_array_equal(indices, expected)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
     np.testing.assert_array_equal(indices[[0, 2, 3]], clean[1])
@@ -86,7 +77,7 @@ def test_matches_brute_force_with_nan_rows(n_gallery, n_queries, dim, name, dtyp
     queries[rng.random(n_queries) < 0.3, rng.integers(0, dim)] = np.nan
     k = data.draw(st.integers(max(1, n_gallery - 3), n_gallery))
     scores, indices = topk_search(queries, gallery, k, get_similarity(name), working_memory=working_memory, dtype=dtype)
-    expected_scores, expected = _reference_topk(_reference(queries, gallery, name), k)
+    expected_scores, expected = _reference_topk(reference_scores(queries, gallery, name), k)
     assert scores.dtype == np.float32 and indices.dtype == np.int64
     np.testing.assert_array_equal(indices == -1, expected == -1)  # the same slots filled
     np.testing.assert_array_equal(scores == -np.inf, indices == -1)
