@@ -11,6 +11,7 @@ from ._gallery import (
     mask_self,
     prepare_search,
     score_block,
+    score_buffer,
 )
 from ._similarity import Similarity
 
@@ -76,9 +77,10 @@ def radius_search(
         )
         threshold = gallery.lower(exact_threshold, gallery.margin(qb))
         qb_low = qb.to(gallery.dtype)
+        buffer = score_buffer(gallery, len(qb), gallery_block)
         for g0 in range(0, gallery.n_gallery, gallery_block):
             g1 = min(g0 + gallery_block, gallery.n_gallery)
-            scores = score_block(gallery, qb_low, g0, g1)
+            scores = score_block(gallery, qb_low, g0, g1, buffer)
             if exclude_self:
                 mask_self(scores, q0, g0)
             rows, cols = candidates(scores, threshold)

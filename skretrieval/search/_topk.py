@@ -26,7 +26,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._gallery import SearchGallery, default_working_memory, mask_self, prepare_search, score_block
+from ._gallery import (
+    SearchGallery,
+    default_working_memory,
+    mask_self,
+    prepare_search,
+    score_block,
+    score_buffer,
+)
 from ._similarity import Similarity
 
 _CHUNK = 16  # gallery columns per maximum: the second pass reads ~k chunks of rows per query
@@ -121,9 +128,10 @@ def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_
             torch.full((n, k), gallery.n_gallery, dtype=torch.int64, device=device))
     pending, n_pending = [], 0
     max_pending = max(4 * n * k, int(budget // (12 * gallery.exact.shape[1])))
+    buffer = score_buffer(gallery, n, gallery_block)
     for g0 in range(0, gallery.n_gallery, gallery_block):
         g1 = min(g0 + gallery_block, gallery.n_gallery)
-        scores = score_block(gallery, qb_low, g0, g1)
+        scores = score_block(gallery, qb_low, g0, g1, buffer)
         if exclude_self:
             mask_self(scores, q0, g0)
         maxima = _chunk_maxima(scores)
