@@ -450,7 +450,8 @@ def _encoder_options(parser) -> None:
     )
     parser.add_argument(
         "--compile", choices=COMPILE_MODES, default="auto",
-        help="how the encoder runs: frozen TorchScript, torch.compile (inductor) or eager (off) "
+        help="how the encoder runs: auto (ONNX Runtime on CPUs where the model exports, else "
+        "torch), onnx, frozen TorchScript, torch.compile (inductor) or eager (off) "
         "(default: %(default)s)",
     )
     parser.add_argument(
