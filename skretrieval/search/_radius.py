@@ -80,7 +80,8 @@ def radius_search(
         buffer = score_buffer(gallery, len(qb), gallery_block)
         for g0 in range(0, gallery.n_gallery, gallery_block):
             g1 = min(g0 + gallery_block, gallery.n_gallery)
-            scores = score_block(gallery, qb_low, g0, g1, buffer)
+            out = None if buffer is None else buffer[: len(qb) * (g1 - g0)].view(len(qb), g1 - g0)
+            scores = score_block(gallery, qb_low, g0, g1, out)
             if exclude_self:
                 mask_self(scores, q0, g0)
             rows, cols = candidates(scores, threshold)

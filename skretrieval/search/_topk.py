@@ -1,8 +1,11 @@
 """Blocked exact top-k search, in two passes.
 
-1. The gallery is scored block by block against a block of queries (the matrix product, in
+1. The gallery is scored block by block against a block of queries (matrix products, in
    the gallery's dtype), and each block leaves only the maximum of every chunk of
-   ``_CHUNK`` columns: one reduction per block, no sort, no per-pair work.
+   ``_CHUNK`` columns: one reduction per block, no sort, no per-pair work. A block is
+   computed as ``_CHUNK`` products, one per column of its chunks (see
+   :func:`_score_chunks`), so each product stays in a CPU's cache while the block, and
+   the selection ops that run once per block, are ``_CHUNK`` times larger.
 2. The k-th largest chunk maximum of a query bounds its exact k-th score from below (k
    distinct pairs reach it, within the product's error bound), so only the chunks whose
    maximum reaches that bound, lowered by the error bound again, can hold a neighbour
@@ -99,7 +102,7 @@ def topk_search(
     (array([[-inf]], dtype=float32), array([[-1]]))
     """
     gallery, q, query_block, gallery_block = prepare_search(
-        queries, gallery, similarity, dtype, device, working_memory
+        queries, gallery, similarity, dtype, device, working_memory, products=_CHUNK
     )
     device = gallery.device
     n_queries, n_gallery = q.shape[0], gallery.n_gallery
@@ -131,13 +134,11 @@ def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_
     buffer = score_buffer(gallery, n, gallery_block)
     for g0 in range(0, gallery.n_gallery, gallery_block):
         g1 = min(g0 + gallery_block, gallery.n_gallery)
-        scores = score_block(gallery, qb_low, g0, g1, buffer)
-        if exclude_self:
-            mask_self(scores, q0, g0)
-        maxima = _chunk_maxima(scores)
+        strided, rest = _score_chunks(gallery, qb_low, q0, g0, g1, buffer, exclude_self)
+        maxima = _chunk_maxima(strided, rest)
         top_maxima = _grow_top(top_maxima, maxima)
         threshold = _threshold(gallery, top_maxima[:, -1], margin)
-        rows, cols, proxies = _block_candidates(scores, maxima, threshold)
+        rows, cols, proxies = _block_candidates(strided, rest, maxima, threshold)
         pending.append((rows, cols + g0, proxies))
         n_pending += len(rows)
         if n_pending > max_pending:  # many near-ties: settle them to bound the memory
@@ -160,16 +161,39 @@ def _grow_top(top, maxima):
     return top
 
 
-def _chunk_maxima(scores):
-    """Maxima of the block's chunks of ``_CHUNK`` columns (see :func:`_chunk_columns`).
+def _score_chunks(gallery: SearchGallery, qb_low, q0, g0, g1, buffer, exclude_self):
+    """Scores of gallery rows ``g0:g1``, laid out by chunk: ``strided[i, :, j]`` is column
+    ``j + i * m`` of the block (``m = width // _CHUNK``), so chunk ``j`` is ``strided[:, :, j]``;
+    ``rest`` holds the ``width % _CHUNK`` last columns, the gallery's partial chunk (or None).
 
-    A chunk is strided: the maximum over a leading axis is a vectorised elementwise max,
-    ~10x faster than a reduction over 16 adjacent columns, so nearly free next to the product.
+    Each ``strided[i]`` is its own product of ``m`` gallery rows, in ``buffer``: products
+    of ~1M scores ran ~10% faster than 4M on a CPU (cache), and the chunk maxima of the
+    whole block are one elementwise maximum over the ``_CHUNK`` products, so the selection
+    runs once per ``_CHUNK`` products.
     """
-    full = scores.shape[1] // _CHUNK * _CHUNK
-    maxima = scores[:, :full].unflatten(1, (_CHUNK, -1)).amax(dim=1)
-    if full < scores.shape[1]:  # the gallery's last, partial chunk: adjacent columns
-        maxima = torch.cat([maxima, scores[:, full:].amax(dim=1, keepdim=True)], dim=1)
+    n, width = len(qb_low), g1 - g0
+    m = width // _CHUNK
+    strided = buffer[: _CHUNK * n * m].view(_CHUNK, n, m) if buffer is not None else None
+    parts = []
+    for i in range(_CHUNK):
+        a = g0 + i * m
+        parts.append(score_block(gallery, qb_low, a, a + m, None if strided is None else strided[i]))
+    strided = torch.stack(parts) if strided is None else strided  # a callable's own tensors
+    rest = score_block(gallery, qb_low, g0 + _CHUNK * m, g1) if width % _CHUNK else None
+    if exclude_self:
+        for i in range(_CHUNK):
+            mask_self(strided[i], q0, g0 + i * m)
+        if rest is not None:
+            mask_self(rest, q0, g0 + _CHUNK * m)
+    return strided, rest
+
+
+def _chunk_maxima(strided, rest):
+    """Maxima of the block's chunks (see :func:`_score_chunks`), float32: one elementwise
+    maximum over the products, ~10x faster than a reduction over 16 adjacent columns."""
+    maxima = strided.amax(dim=0)
+    if rest is not None:  # the gallery's last, partial chunk: adjacent columns
+        maxima = torch.cat([maxima, rest.amax(dim=1, keepdim=True)], dim=1)
     return maxima.float()
 
 
@@ -193,12 +217,18 @@ def _threshold(gallery: SearchGallery, kth_maximum, margin):
     return gallery.lower(gallery.floor(kth_maximum, margin), margin)
 
 
-def _block_candidates(scores, maxima, threshold):
+def _block_candidates(strided, rest, maxima, threshold):
     """``(rows, cols, proxies)`` of a block's pairs reaching ``threshold``, looking only into
     the chunks whose maximum does ("not below": a NaN maximum, a NaN gallery row, is looked into)."""
     rows, chunks = torch.nonzero(~(maxima < threshold[:, None]), as_tuple=True)
-    cols, exists = _chunk_columns(chunks, scores.shape[1])
-    values = scores[rows[:, None], cols]
+    m = strided.shape[2]
+    width = _CHUNK * m + (0 if rest is None else rest.shape[1])
+    cols, exists = _chunk_columns(chunks, width)
+    whole = chunks < m
+    values = strided[:, rows, chunks.clamp_max(max(m - 1, 0))].T if m else None
+    if rest is not None:
+        partial = rest[rows[:, None], (cols - _CHUNK * m).clamp(0, rest.shape[1] - 1)]
+        values = partial if values is None else torch.where(whole[:, None], values, partial)
     hit = exists & (values >= threshold.to(values.dtype)[rows][:, None])
     return rows[:, None].expand_as(cols)[hit], cols[hit], values[hit].float()
 
