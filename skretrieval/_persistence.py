@@ -265,6 +265,11 @@ def _check_gallery(tensors: dict, arrays: dict, path: Path):
     for name in ("prototype_labels_", "prototype_ids_"):
         if arrays[name].shape != (n,):
             raise FileFormatError(path, _KIND, f"{name} has shape {arrays[name].shape} for a gallery of {n}")
+    stats = arrays.get("prototype_file_stats_")  # absent in older files and galleries of no files
+    if stats is not None and (stats.shape != (n, 2) or stats.dtype != np.int64):
+        raise FileFormatError(
+            path, _KIND, f"prototype_file_stats_ is {stats.dtype}{list(stats.shape)}, not int64 [{n}, 2]"
+        )
     classes, expected = np.unique(arrays["prototype_labels_"], return_inverse=True)
     if codes_dtype != "I64" or not (np.array_equal(codes, expected) and np.array_equal(arrays["classes_"], classes)):
         raise FileFormatError(path, _KIND, "its label codes, labels and classes_ disagree")

@@ -484,3 +484,24 @@ def test_save_keeps_permissions_and_writes_through_a_symbolic_link(tmp_path):
     os.umask(umask)
     assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
 
+
+def test_file_stats_round_trip_and_are_checked(tmp_path):
+    from PIL import Image
+
+    files = []
+    for i in range(4):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((10, 10, 3), 60 * i, np.uint8)).save(files[-1])
+    encoding = ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu")
+    model = ImageRetriever(encoding, topk=1).fit(files)
+    path = model.save(tmp_path / "model.skr")
+    loaded = load(path, encoder=TinyEncoder())
+    np.testing.assert_array_equal(loaded.prototype_file_stats_, model.prototype_file_stats_)
+    assert loaded.prototype_file_stats_.dtype == np.int64
+    contents = model_files.entries(path)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((3, 2), np.int64))
+    model_files.rewrite(path, {**contents, "prototype_file_stats_.npy": buffer.getvalue()})
+    with pytest.raises(skretrieval.FileFormatError, match=r"prototype_file_stats_ is int64\[3, 2\], not int64 \[4, 2\]"):
+        load(path, encoder=TinyEncoder())
+    assert not hasattr(_fitted(), "prototype_file_stats_")  # a gallery of no files has none
