@@ -458,6 +458,11 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         if len(encode):
             features, _, _, skipped = self._encode_items([files[i] for i in encode])
         kept = np.setdiff1d(np.arange(len(files)), encode[[index for index, _, _ in skipped]])
+        if not len(kept):
+            raise ValueError(
+                f"update found no readable image file in {_described(X)} ({len(skipped)} unreadable); "
+                "the gallery cannot be empty, so it was left as it was."
+            )
         gallery = np.empty((len(kept), self._n_features()), np.float32)
         from_gallery = rows[kept] >= 0
         gallery[from_gallery] = self.prototype_[rows[kept][from_gallery]]
@@ -691,6 +696,10 @@ def _update_files(X) -> list[str]:
         return [os.fspath(x) for x in X]
     what = f"{os.fspath(X)!r}, which is not a folder" if isinstance(X, (str, os.PathLike)) else type(X).__name__
     raise ValueError(f"update takes a folder or a list of image file paths; got {what}.")
+
+
+def _described(X) -> str:
+    return repr(os.fspath(X)) if isinstance(X, (str, os.PathLike)) else f"the {len(X)} files given"
 
 
 def _savable(values: np.ndarray) -> np.ndarray:

@@ -132,3 +132,12 @@ def test_update_errors_name_what_is_accepted(tmp_path):
         retriever.update(str(tmp_path / "missing"), labels)
     with pytest.raises(ValueError, match="X has 3 samples but y has 2"):
         retriever.update(files, labels[:2])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="contains no image files"):
+        retriever.update(empty, [])
+    (empty / "bad.png").write_bytes(b"not an image")
+    skipping = _retriever().set_params(encoder__on_error="skip").fit(root)
+    with pytest.raises(ValueError, match=r"no readable image file in .*empty' \(1 unreadable\).*left as it was"):
+        skipping.update(empty)
+    assert len(skipping.prototype_) == 3  # still whole
