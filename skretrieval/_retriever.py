@@ -398,8 +398,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         No content hash is computed: that would read every file. So a file rewritten with
         its old size and modification time restored (``cp -p`` of an other version of the
         same size) is not seen; fit anew then. A model without recorded file stats (saved
-        by skretrieval 0.x before ``update`` existed, or fitted on other inputs) has every
-        file encoded again.
+        before skretrieval recorded them, or fitted on other inputs) has every file
+        encoded again.
 
         Parameters
         ----------
@@ -468,7 +468,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         gallery[from_gallery] = self.prototype_[rows[kept][from_gallery]]
         gallery[~from_gallery] = features
         self.prototype_ = gallery
-        self.__dict__.pop("_gallery_source", None)
+        for stale in ("_gallery_source", "n_features_in_"):  # a gallery of files, as fit(X) leaves it
+            self.__dict__.pop(stale, None)
         names = np.asarray(files)[kept]
         self._set_gallery(np.arange(len(kept)) if labels is None else labels[kept], names)
         self.prototype_file_stats_ = stats[kept]
