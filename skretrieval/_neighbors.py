@@ -1,7 +1,7 @@
 """The gallery and the queries against it, written once for every retriever.
 
 :class:`GalleryMixin` holds what every retriever does with a fitted gallery: labels, ids
-and classes, adding items, turning queries into features, rows of unreadable queries,
+and classes, adding and removing items, turning queries into features, rows of unreadable queries,
 ``search``/``kneighbors``/``radius_neighbors``, their graphs, ``find_duplicates`` and the
 label vote. A retriever says only how its gallery is stored and searched (the split of
 scikit-learn's ``NeighborsBase``/``KNeighborsMixin``/``KNeighborsClassifier``):

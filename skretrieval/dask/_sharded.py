@@ -84,6 +84,8 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
     prototype_labels_ : ndarray of shape (n_gallery,)
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else its row.
+    prototype_file_stats_ : ndarray of shape (n_gallery, 2), int64
+        As :class:`~skretrieval.ImageRetriever`'s (only when some item came from a file).
     skipped_ : list of tuple
         ``(index in X, path, reason)`` of each unreadable image file left out by ``fit``
         and ``add``.
