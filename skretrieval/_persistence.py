@@ -13,6 +13,9 @@ A model file is a zip archive of uncompressed entries:
   ``state_dict`` of the encoder, the trained projection and the trained head (each when it
   is an ``nn.Module``).
 
+A file is written beside the target and then renamed over it (``os.replace``), so an
+interrupted save leaves the previous model file intact.
+
 No code is ever loaded from the file: a built-in encoder or head is rebuilt by name and its
 weights loaded; a user's module or callable is passed again as ``load(path, encoder=...,
 head=...)``. Every entry is checked before it is read (:mod:`skretrieval.io._untrusted`).
@@ -20,10 +23,12 @@ head=...)``. Every entry is checked before it is read (:mod:`skretrieval.io._unt
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +102,7 @@ def save(estimator, path) -> Path:
         "label_codes": np.ascontiguousarray(estimator._label_codes, dtype=np.int64),
     }
     path = Path(path)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+    with _replacing(path) as file, zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=1))
         archive.writestr("arrays.safetensors", save_arrays(gallery))
         for name, values in arrays.items():
@@ -106,6 +111,48 @@ def save(estimator, path) -> Path:
             state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             archive.writestr(_MODULES[name], save_tensors(state))
     return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A new file beside ``path`` that takes its place only once completely written.
+
+    ``os.replace`` is atomic, so a save that fails or is killed leaves the previous file
+    at ``path`` as it was: a model file is never half written. The file is written as
+    ``.NAME.<random hex>.tmp`` in the same folder (a rename cannot cross file systems), removed
+    on a failure; only a killed process leaves it behind. Through a symbolic link the file
+    it points to is replaced; an existing file keeps its permission bits.
+    """
+    target = Path(os.path.realpath(path))
+    mode = target.stat().st_mode & 0o7777 if target.is_file() else None
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never another file of that name; 0o666: the permissions the umask gives a new file
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())  # the data is on disk before the name points at it
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; Windows cannot open a folder)."""
+    if os.name == "nt":
+        return
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def _kind(value) -> str | None:
@@ -218,6 +265,11 @@ def _check_gallery(tensors: dict, arrays: dict, path: Path):
     for name in ("prototype_labels_", "prototype_ids_"):
         if arrays[name].shape != (n,):
             raise FileFormatError(path, _KIND, f"{name} has shape {arrays[name].shape} for a gallery of {n}")
+    stats = arrays.get("prototype_file_stats_")  # absent in older files and galleries of no files
+    if stats is not None and (stats.shape != (n, 2) or stats.dtype != np.int64):
+        raise FileFormatError(
+            path, _KIND, f"prototype_file_stats_ is {stats.dtype}{list(stats.shape)}, not int64 [{n}, 2]"
+        )
     classes, expected = np.unique(arrays["prototype_labels_"], return_inverse=True)
     if codes_dtype != "I64" or not (np.array_equal(codes, expected) and np.array_equal(arrays["classes_"], classes)):
         raise FileFormatError(path, _KIND, "its label codes, labels and classes_ disagree")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from ._open_set import OPEN_SET_CONSTRAINTS, fit_threshold
 from ._persistence import read_model
 from ._persistence import save as save_model
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
-from .io import to_unit_float
+from .io import list_image_files, to_unit_float
 from .io._inputs import _item_tensor
+from .io._stats import UNKNOWN, file_stats
 from .search import (
     PRECISIONS,
     SIMILARITY_NAMES,
@@ -166,6 +169,10 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Label of each gallery item: ``y``, the labels a Dataset yields, or ``arange(n)``.
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else ``arange(n)``.
+    prototype_file_stats_ : ndarray of shape (n_gallery, 2), int64
+        Size in bytes and modification time (``st_mtime_ns``) of each gallery file when it
+        was encoded, which :meth:`update` compares; ``-1`` for items that are no file, or
+        were modified within 2 s of being encoded. Only when some item came from a file.
     skipped_ : list of tuple
         ``(index in X, path, reason)`` of each image file ``fit`` left out
         (``on_error="skip"``/``"warn"``); empty otherwise.
@@ -315,6 +322,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
             self._fit_embedding_images(X, y, warm)  # trains encoder_ and projection_
         # A head trains on float32 features from the eager encoder, whatever the settings
         # (fit's promise of reproducible training); queries may run faster.
+        started = time.time_ns()
         features, labels, ids, self.skipped_ = self._encode_input(X, reset=True, exact=self.head is not None)
         n = len(features)
         if y is not None:
@@ -322,6 +330,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
         self.prototype_ = self._embed(features)
         self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
+        self.__dict__.pop("prototype_file_stats_", None)
+        self._extend_file_stats(0, file_stats(ids, changed_since_ns=started))
         self._search_cache = _SearchCache()  # filled by the first query
         self.threshold_ = fit_threshold(
             self.threshold, self.false_match_rate, self._search_rows, self.prototype_labels_
@@ -377,6 +387,107 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         else:
             raise ValueError(f"dump_prototype path must end in .pt, .npz or .npy; got {str(path)!r}.")
         return path
+
+    def update(self, X, y=None):
+        """Make the gallery the image files ``X``, encoding only the files new or changed.
+
+        A file is unchanged when its path, size and modification time (``st_mtime_ns``)
+        equal those recorded when it was encoded (``prototype_file_stats_``): its row is
+        kept as it is, not read again. Every other file of ``X`` is encoded; gallery items
+        that are not among ``X`` (deleted files, items that were not files) are dropped.
+        No content hash is computed: that would read every file. So a file rewritten with
+        its old size and modification time restored (``cp -p`` of an other version of the
+        same size) is not seen; fit anew then. A model without recorded file stats (saved
+        before skretrieval recorded them, or fitted on other inputs) has every file
+        encoded again.
+
+        Parameters
+        ----------
+        X : str, path-like or list of them
+            A folder (its image files, as :meth:`fit` reads it) or a list of image files.
+        y : array-like of shape (n_files,), default=None
+            Labels of every file of ``X`` (e.g. from :func:`skretrieval.io.list_labelled_images`);
+            needed when the gallery has labels.
+
+        Returns
+        -------
+        self : ImageRetriever
+            Equal to ``fit(X, y)`` with this retriever's encoder and head (rows in the order
+            of ``X``; ``skipped_`` lists the unreadable files of ``X`` encoded now), except
+            that ``threshold_`` is kept as it is, as in :meth:`add`. With ``verbose``, the
+            counts of unchanged, encoded and dropped items are printed on stderr first.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from skretrieval import ImageEncoder, ImageRetriever
+        >>> folder = tempfile.mkdtemp()
+        >>> for name, value in [("a.png", 0), ("b.png", 128)]:
+        ...     Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(os.path.join(folder, name))
+        ...     os.utime(os.path.join(folder, name), (1e9, 1e9))  # written long before the fit
+        >>> encoder = ImageEncoder(lambda x: x.mean(dim=(2, 3)), preprocessing={"size": 8}, device="cpu")
+        >>> retriever = ImageRetriever(encoder, topk=1).fit(folder)
+        >>> os.remove(os.path.join(folder, "a.png"))
+        >>> Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(os.path.join(folder, "c.png"))
+        >>> [os.path.basename(p) for p in retriever.update(folder).prototype_ids_]  # c.png encoded
+        ['b.png', 'c.png']
+        """
+        check_is_fitted(self)
+        started = time.time_ns()
+        files = _update_files(X)
+        labels = None if y is None else _aligned_labels(y, len(files), [])
+        if labels is None and not np.array_equal(self.prototype_labels_, np.arange(self._n_gallery())):
+            raise ValueError(
+                "the gallery was fitted with labels, so update needs the labels of the files "
+                "too (update(X, y); skretrieval.io.list_labelled_images returns both)."
+            )
+        # Stats taken before the files are read: a file written meanwhile differs next time.
+        stats = file_stats(files, changed_since_ns=started)
+        stats = np.full((len(files), 2), UNKNOWN, np.int64) if stats is None else stats
+        rows = self._unchanged_rows(files, stats)
+        encode = np.flatnonzero(rows < 0)
+        if self.verbose:
+            print(
+                f"update: {len(files) - len(encode)} files unchanged, {len(encode)} to encode (new or "
+                f"changed), {self._n_gallery() - len(np.unique(rows[rows >= 0]))} gallery items dropped",
+                file=sys.stderr,
+            )
+        features, skipped = np.empty((0, self._n_features()), np.float32), []
+        if len(encode):
+            features, _, _, skipped = self._encode_items([files[i] for i in encode])
+        kept = np.setdiff1d(np.arange(len(files)), encode[[index for index, _, _ in skipped]])
+        if not len(kept):
+            raise ValueError(
+                f"update found no readable image file in {_described(X)} ({len(skipped)} unreadable); "
+                "the gallery cannot be empty, so it was left as it was."
+            )
+        gallery = np.empty((len(kept), self._n_features()), np.float32)
+        from_gallery = rows[kept] >= 0
+        gallery[from_gallery] = self.prototype_[rows[kept][from_gallery]]
+        gallery[~from_gallery] = features
+        self.prototype_ = gallery
+        for stale in ("_gallery_source", "n_features_in_"):  # a gallery of files, as fit(X) leaves it
+            self.__dict__.pop(stale, None)
+        names = np.asarray(files)[kept]
+        self._set_gallery(np.arange(len(kept)) if labels is None else labels[kept], names)
+        self.prototype_file_stats_ = stats[kept]
+        self.skipped_ = [(int(encode[index]), path, reason) for index, path, reason in skipped]
+        return self
+
+    def _unchanged_rows(self, files: list, stats: np.ndarray) -> np.ndarray:
+        """The gallery row of each file that is unchanged since it was encoded; -1 for the others."""
+        recorded = getattr(self, "prototype_file_stats_", None)
+        rows = np.full(len(files), -1, np.int64)
+        if recorded is None:
+            return rows
+        known = {path: row for row, path in enumerate(self.prototype_ids_.tolist()) if isinstance(path, str)}
+        rows[:] = [known.get(path, -1) for path in files]
+        found = rows >= 0
+        same = (recorded[rows[found]] == stats[found]).all(axis=1) & (stats[found, 0] != UNKNOWN)
+        rows[np.flatnonzero(found)[~same]] = -1
+        return rows
 
     def save(self, path):
         """Write the fitted retriever to ``path`` safely: JSON, safetensors, ``.npy``, no pickle.
@@ -466,6 +577,10 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.prototype_ = np.concatenate([self.prototype_, features])
         # In-memory gallery images are kept by reference to what fit got; added ones are not.
         self.__dict__.pop("_gallery_source", None)
+
+    def _remove_gallery(self, rows: np.ndarray) -> None:
+        self.prototype_ = np.delete(self.prototype_, rows, axis=0)
+        self.__dict__.pop("_gallery_source", None)  # its items no longer match the rows
 
     def _search_gallery(self) -> SearchGallery:
         """The gallery prepared for search, resident on ``device_`` in the search dtype.
@@ -572,6 +687,20 @@ class _SearchCache:
     """
 
     prototype = key = gallery = None
+
+
+def _update_files(X) -> list[str]:
+    """The image files ``update`` makes the gallery of: a folder's, or those listed."""
+    if isinstance(X, (str, os.PathLike)) and os.path.isdir(X):
+        return list_image_files(X)
+    if isinstance(X, (list, tuple)) and all(isinstance(x, (str, os.PathLike)) for x in X):
+        return [os.fspath(x) for x in X]
+    what = f"{os.fspath(X)!r}, which is not a folder" if isinstance(X, (str, os.PathLike)) else type(X).__name__
+    raise ValueError(f"update takes a folder or a list of image file paths; got {what}.")
+
+
+def _described(X) -> str:
+    return repr(os.fspath(X)) if isinstance(X, (str, os.PathLike)) else f"the {len(X)} files given"
 
 
 def _savable(values: np.ndarray) -> np.ndarray:
