@@ -32,6 +32,10 @@ INSTALL = 'pip install "skretrieval[ann]"'
 _OPTIONS = {"brute": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "efConstruction", "efSearch")}
 _SEARCH_OPTIONS = ("nprobe", "efSearch")
 _HNSW_DEFAULTS = {"M": 32, "efConstruction": 80, "efSearch": 64}
+# Candidates are re-scored in pieces of at most torch's parallel grain size (32768 elements),
+# which torch runs on the calling thread: right after a search, faiss's OpenMP threads still
+# spin and starved torch's thread pool (12 ms per small op on 2 cores, 20x the inline time).
+_RESCORE_FLOATS = 2**18
 
 
 def import_faiss():
@@ -113,7 +117,8 @@ class ApproximateIndex:
     Parameters
     ----------
     gallery : ndarray of shape (n_gallery, n_features)
-        Kept by reference: the candidates are re-scored from it.
+        Copied into the index, prepared (normalised for cosine); the candidates are
+        re-scored from that copy.
     similarity : Similarity
         Not a callable's.
     algorithm : {"ivf", "hnsw"}
@@ -136,7 +141,7 @@ class ApproximateIndex:
 
     def __init__(self, gallery, similarity: Similarity, algorithm: str, params):
         faiss = import_faiss()
-        self.gallery, self.similarity, self.algorithm = gallery, similarity, algorithm
+        self.similarity, self.algorithm = similarity, algorithm
         self.n_gallery = len(gallery)
         built = resolve_params(algorithm, params, self.n_gallery)
         self.built = {name: value for name, value in built.items() if name not in _SEARCH_OPTIONS}
@@ -184,47 +189,53 @@ class ApproximateIndex:
         options = resolve_params(self.algorithm, {**self.built, **chosen}, self.n_gallery)
         search_params = _search_parameters(self.algorithm, options, wanted)
         budget = (working_memory if working_memory is not None else default_working_memory()) * 2**20
-        # a block's gathered gallery rows and their products, as the exact engine's settling
-        block = max(1, int(budget // (4 * max(wanted, 1) * (queries.shape[1] + 2))))
+        # a query block's prepared queries, candidate ids, rows and scores
+        block = max(1, int(budget // (4 * queries.shape[1] + 20 * max(wanted, 1))))
         scores = np.full((len(queries), k), -np.inf, np.float32)
         indices = np.full((len(queries), k), -1, np.int64)
         for q0 in range(0, len(queries), block):
-            q = _prepared(self.similarity, queries[q0 : q0 + block])
-            found = self._found(q.numpy(), wanted, search_params)
+            q = _prepared(self.similarity, queries[q0 : q0 + block], _RESCORE_FLOATS)
+            ids = self._found(q.numpy(), wanted, search_params)
+            found = ids if self.rows is None else np.where(ids >= 0, self.rows[np.maximum(ids, 0)], -1)
             if exclude_self:
-                found[found == np.arange(q0, q0 + len(q))[:, None]] = -1
-            values = self._rescore(q, found)
+                ids[found == np.arange(q0, q0 + len(q))[:, None]] = -1
+            values = self._rescore(q, ids)
             scores[q0 : q0 + len(q)], indices[q0 : q0 + len(q)] = _best_first(values, found, k)
         return scores, indices
 
     def _found(self, queries: np.ndarray, wanted: int, search_params) -> np.ndarray:
-        """Gallery rows faiss proposes per query (``-1``: none)."""
+        """faiss ids proposed per query (``-1``: none)."""
         if wanted < 1:  # nothing indexed (every gallery row held a NaN)
             return np.full((len(queries), 0), -1, np.int64)
-        found = self.index.search(queries, wanted, params=search_params)[1]
-        if self.rows is not None:
-            found = np.where(found >= 0, self.rows[np.maximum(found, 0)], -1)
-        return found
+        return self.index.search(queries, wanted, params=search_params)[1]
 
-    def _rescore(self, queries: torch.Tensor, found: np.ndarray) -> np.ndarray:
+    def _rescore(self, queries: torch.Tensor, ids: np.ndarray) -> np.ndarray:
         """Float32 scores of the proposed pairs, as the exact engine computes them; -inf for none.
 
-        The gallery rows are prepared after gathering: ``prepare`` is row-wise, so they equal
-        the rows of the prepared gallery the exact engine holds.
+        The rows come from the index's copy, the exact float32 rows it was given: ``prepare``
+        is row-wise, so they equal the rows of the prepared gallery the exact engine holds.
         """
-        values = np.full(found.shape, -np.inf, np.float32)
-        rows, slots = np.nonzero(found >= 0)
-        if len(rows):
-            candidates = _prepared(self.similarity, self.gallery[found[rows, slots]])
-            exact = self.similarity.exact(queries[torch.from_numpy(rows)], candidates).numpy()
-            values[rows, slots] = np.where(exact > -np.inf, exact, -np.inf)  # NaN never matches
+        values = np.full(ids.shape, -np.inf, np.float32)
+        rows, slots = np.nonzero(ids >= 0)
+        per_piece = max(1, _RESCORE_FLOATS // queries.shape[1])
+        for p0 in range(0, len(rows), per_piece):
+            r, s = rows[p0 : p0 + per_piece], slots[p0 : p0 + per_piece]
+            candidates = torch.from_numpy(self.index.reconstruct_batch(ids[r, s]))
+            exact = self.similarity.exact(queries.index_select(0, torch.from_numpy(r)), candidates).numpy()
+            values[r, s] = np.where(exact > -np.inf, exact, -np.inf)  # NaN never matches
         return values
 
 
-def _prepared(similarity: Similarity, x) -> torch.Tensor:
-    """Float32 rows as the exact engine prepares them (C-contiguous, as faiss needs)."""
+def _prepared(similarity: Similarity, x, piece: int | None = None) -> torch.Tensor:
+    """Float32 rows as the exact engine prepares them (C-contiguous, as faiss needs).
+
+    ``piece``: prepared that many floats at a time (row-wise, so the same values), inline.
+    """
     tensor = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    return similarity.prepare(tensor).contiguous()
+    rows = len(tensor) if piece is None else max(1, piece // max(tensor.shape[1], 1))
+    if rows >= len(tensor):
+        return similarity.prepare(tensor).contiguous()
+    return torch.cat([similarity.prepare(tensor[i : i + rows]) for i in range(0, len(tensor), rows)])
 
 
 def _build(faiss, vectors: np.ndarray, similarity: Similarity, algorithm: str, params: dict):
@@ -240,6 +251,8 @@ def _build(faiss, vectors: np.ndarray, similarity: Similarity, algorithm: str, p
         index.hnsw.efConstruction = params["efConstruction"]
     if len(vectors):
         index.add(vectors)
+    if algorithm == "ivf":
+        index.make_direct_map()  # id -> stored vector, for the re-scoring (8 bytes per item)
     return index
 
 
