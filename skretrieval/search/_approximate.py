@@ -32,10 +32,11 @@ INSTALL = 'pip install "skretrieval[ann]"'
 _OPTIONS = {"brute": (), "ivf": ("nlist", "nprobe"), "hnsw": ("M", "efConstruction", "efSearch")}
 _SEARCH_OPTIONS = ("nprobe", "efSearch")
 _HNSW_DEFAULTS = {"M": 32, "efConstruction": 80, "efSearch": 64}
-# Candidates are re-scored in pieces of at most torch's parallel grain size (32768 elements),
-# which torch runs on the calling thread: right after a search, faiss's OpenMP threads still
-# spin and starved torch's thread pool (12 ms per small op on 2 cores, 20x the inline time).
-_RESCORE_FLOATS = 2**15
+# Candidates are re-scored in pieces below torch's parallel grain size (32768 elements), which
+# torch runs on the calling thread: right after a search, faiss's OpenMP threads still spin
+# and starved torch's thread pool (12 ms per small op on 2 cores, 20x the inline time; a
+# piece of exactly 32768 is already parallel).
+_RESCORE_FLOATS = 2**14
 _BUILD_ROWS = 65536  # gallery rows prepared and added to an index at a time
 # k-means trains on at most this many rows per cell: faiss warns below 39 and samples 256.
 # A quarter of faiss's sample (and of its training time) lost little: recall@10 at the default
