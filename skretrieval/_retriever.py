@@ -123,7 +123,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         the gallery size. ``"ivf"``: ``nlist`` (default ``4 sqrt(n_gallery)``, at most
         ``n_gallery / 39``), ``nprobe`` (default ``sqrt(nlist)``, at most ``nlist``; higher:
         better recall, slower). ``"hnsw"``: ``M`` (graph links per item, default 32),
-        ``efConstruction`` (default 80), ``efSearch`` (default 64, at least ``k``; higher:
+        ``efConstruction`` (default 80), ``efSearch`` (default 64, at least ``2 k``; higher:
         better recall, slower). Changing ``nprobe`` or ``efSearch`` does not rebuild the index.
     head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or None, default=None
         Fine-tune in ``fit`` (needs ``y`` with at least 2 classes). A projection maps encoder

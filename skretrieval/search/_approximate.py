@@ -86,7 +86,7 @@ def resolve_params(algorithm: str, params, n_gallery: int) -> dict:
     ``"ivf"``: ``nlist`` (cells) ``4 sqrt(n)``, at most ``n / 39`` (faiss's k-means wants 39
     points per centroid; at least 1), ``nprobe`` (cells searched per query) ``sqrt(nlist)``
     rounded up, at most ``nlist``. ``"hnsw"``: ``M=32``, ``efConstruction=80``,
-    ``efSearch=64`` (raised to ``k`` at search time).
+    ``efSearch=64`` (raised to the ``2 k`` candidates at search time).
 
     Examples
     --------
