@@ -32,6 +32,13 @@ from .search import (
     resolve_precision,
     topk_search,
 )
+from .search._approximate import (
+    ALGORITHMS,
+    ApproximateIndex,
+    build_key,
+    check_algorithm,
+    resolve_params,
+)
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
@@ -100,6 +107,27 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         error, which are re-scored in float32. ``"auto"`` uses bf16 on CUDA and on CPUs with
         bf16 matrix units (AMX-BF16, AVX512-BF16), fp32 otherwise; ``"fp16"`` needs a GPU.
         A callable ``similarity_fn`` always runs in fp32.
+    algorithm : {"brute", "ivf", "hnsw"}, default="brute"
+        How :meth:`kneighbors`, :meth:`search` and :meth:`predict` find the nearest gallery
+        items (scikit-learn's ``NearestNeighbors`` word). ``"brute"``: the exact blocked
+        search. ``"ivf"`` (faiss ``IndexIVFFlat``, an inverted file of ``nlist`` k-means cells
+        of which ``nprobe`` are searched per query) and ``"hnsw"`` (faiss ``IndexHNSWFlat``, a
+        navigable graph) are approximate: faster on large galleries, but a true neighbour may
+        be missed (then a less similar item takes its place, or the slot is ``-1`` /
+        ``-inf``). The rows found are scored exactly in float32, so their scores equal the
+        exact search's. They need faiss (``pip install "skretrieval[ann]"``; an ImportError
+        says so), run on the CPU in float32 whatever ``device`` and ``search_precision``, and
+        keep their own copy of the gallery (about its size again), built on the first query
+        and after ``add``, never pickled or saved. ``radius_neighbors``, ``find_duplicates``
+        and ``threshold="auto"`` always search exactly. A callable ``similarity_fn`` needs
+        ``"brute"``. See :doc:`/large_galleries`.
+    algorithm_params : dict, default=None
+        Options of ``algorithm``, each a positive int; None or a missing key: a default from
+        the gallery size. ``"ivf"``: ``nlist`` (default ``4 sqrt(n_gallery)``, at most
+        ``n_gallery / 39``), ``nprobe`` (default ``sqrt(nlist)``, at most ``nlist``; higher:
+        better recall, slower). ``"hnsw"``: ``M`` (graph links per item, default 32),
+        ``efConstruction`` (default 80), ``efSearch`` (default 64, at least ``2 k``; higher:
+        better recall, slower). Changing ``nprobe`` or ``efSearch`` does not rebuild the index.
     head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or None, default=None
         Fine-tune in ``fit`` (needs ``y`` with at least 2 classes). A projection maps encoder
         features to an embedding trained with this loss; retrieval, ``transform`` and
@@ -229,6 +257,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         "vote": [StrOptions({"uniform", "similarity"}), callable],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
         "search_precision": [StrOptions(set(PRECISIONS))],
+        "algorithm": [StrOptions(set(ALGORITHMS))],
+        "algorithm_params": [None, dict],
         **OPEN_SET_CONSTRAINTS,
         **TRAINING_CONSTRAINTS,
     }
@@ -245,6 +275,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         false_match_rate=0.05,
         working_memory=None,
         search_precision="auto",
+        algorithm="brute",
+        algorithm_params=None,
         head=None,
         head_params=None,
         embedding_dim=None,
@@ -274,6 +306,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.false_match_rate = false_match_rate
         self.working_memory = working_memory
         self.search_precision = search_precision
+        self.algorithm = algorithm
+        self.algorithm_params = algorithm_params
         self.head = head
         self.head_params = head_params
         self.embedding_dim = embedding_dim
@@ -315,6 +349,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self : ImageRetriever
         """
         self._options._validate_params()  # the encoding options, as ImageEncoder declares them
+        check_algorithm(self.algorithm, self.algorithm_params, get_similarity(self.similarity_fn))
         warm = self._check_training()
         if not warm:
             self._fit_encoder()
@@ -329,6 +364,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
             labels = _aligned_labels(y, n, self.skipped_)
         self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
         self.prototype_ = self._embed(features)
+        resolve_params(self.algorithm, self.algorithm_params, n)  # an nlist the gallery can hold
         self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
         self.__dict__.pop("prototype_file_stats_", None)
         self._extend_file_stats(0, file_stats(ids, changed_since_ns=started))
@@ -549,6 +585,14 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         return self.prototype_.shape[1]
 
     def _gallery_topk(self, queries, k: int):
+        if self.algorithm != "brute":
+            return self._approximate_index().search(
+                self.prototype_ if queries is None else queries, k, exclude_self=queries is None,
+                params=self.algorithm_params, working_memory=self.working_memory,
+            )
+        return self._exact_topk(queries, k)
+
+    def _exact_topk(self, queries, k: int):
         return topk_search(
             self.prototype_ if queries is None else queries,
             self._search_gallery(),
@@ -570,8 +614,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         )
 
     def _search_rows(self, rows: np.ndarray, k: int):
-        # gallery rows as ordinary queries: k may reach the whole gallery (threshold="auto")
-        return self._search(self.prototype_[rows], k)
+        # gallery rows as ordinary queries: k may reach the whole gallery (threshold="auto"),
+        # which only the exact search answers in full, whatever the algorithm
+        return self._exact_topk(self.prototype_[rows], k)
 
     def _append_gallery(self, features: np.ndarray) -> None:
         self.prototype_ = np.concatenate([self.prototype_, features])
@@ -596,6 +641,21 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
             cache.gallery = SearchGallery(self.prototype_, similarity, dtype, self.device_)
             cache.prototype, cache.key = self.prototype_, key
         return cache.gallery
+
+    def _approximate_index(self):
+        """The faiss index of ``prototype_`` for ``algorithm`` (see ``_search_gallery``).
+
+        Built on the first query and kept, like the exact search's gallery, until the
+        prototype, similarity or an option the index is built with changes; never pickled.
+        """
+        similarity = get_similarity(self.similarity_fn)
+        key = (repr(similarity), build_key(self.algorithm, self.algorithm_params))
+        cache = self.__dict__.setdefault("_search_cache", _SearchCache())
+        prototype, built_key, index = cache.approximate or (None, None, None)
+        if prototype is not self.prototype_ or built_key != key:
+            index = ApproximateIndex(self.prototype_, similarity, self.algorithm, self.algorithm_params)
+            cache.approximate = (self.prototype_, key, index)
+        return index
 
     def _gallery_image(self, i: int) -> np.ndarray:
         """Gallery item ``i`` as an ``(H, W, 3)`` float array in [0, 1], read from its source.
@@ -687,6 +747,7 @@ class _SearchCache:
     """
 
     prototype = key = gallery = None
+    approximate = None  # (prototype, key, ApproximateIndex) of algorithm="ivf" / "hnsw"
 
 
 def _update_files(X) -> list[str]:
