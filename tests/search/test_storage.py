@@ -244,3 +244,17 @@ def test_peak_resident_memory_of_a_2gib_memory_mapped_search(tmp_path):
     query = np.random.default_rng(1).standard_normal((16, dim)).astype(np.float32)[0]
     assert abs(row @ query / np.linalg.norm(row) / np.linalg.norm(query) - score) < 1e-5  # a real row
     assert growth < working_memory + 64, f"peak resident memory grew by {growth:.0f} MiB"
+
+
+def test_load_with_mmap_reads_no_gallery_data(tmp_path):
+    """Without mmap the gallery is read (its CRC checked); with mmap only headers are:
+    a changed gallery byte goes unnoticed by the CRC and shows in prototype_."""
+    path = ImageRetriever("precomputed").fit(_data()[1]).save(tmp_path / "model.skr")
+    name, offset = file_backing(skretrieval.load(path, mmap=True).prototype_)
+    data = bytearray(path.read_bytes())
+    data[offset + 3] ^= 0xFF  # in the first row's first float32
+    path.write_bytes(bytes(data))
+    with pytest.raises(skretrieval.FileFormatError, match="CRC"):
+        skretrieval.load(path)
+    changed = skretrieval.load(path, mmap=True).prototype_
+    assert changed[0, 0] != _data()[1][0, 0] and np.array_equal(changed[1:], _data()[1][1:])
