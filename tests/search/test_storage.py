@@ -108,19 +108,21 @@ def test_file_backing_finds_the_rows_of_views(tmp_path):
     assert file_backing(mapped[:, :2]) is None  # not whole rows: searched as an in-memory array
 
 
-def test_retriever_keeps_a_memory_mapped_gallery_on_disk_and_add_copies_it(tmp_path):
+@pytest.mark.parametrize("name", NAMES)
+def test_retriever_keeps_a_memory_mapped_gallery_on_disk_and_add_copies_it(tmp_path, name):
     queries, gallery = _data()
     labels = np.arange(len(gallery)) % 7
-    in_memory = ImageRetriever("precomputed", topk=5, working_memory=0.05).fit(gallery, labels)
+    params = {"similarity_fn": name, "topk": 5, "working_memory": 0.05}
+    in_memory = ImageRetriever("precomputed", **params).fit(gallery, labels)
     mapped = _on_disk(tmp_path, gallery)
-    on_disk = ImageRetriever("precomputed", topk=5, working_memory=0.05).fit(mapped, labels)
+    on_disk = ImageRetriever("precomputed", **params).fit(mapped, labels)
     assert file_backing(on_disk.prototype_) == file_backing(mapped)  # the file itself, not a copy
     assert on_disk._search_gallery().streamed and not in_memory._search_gallery().streamed
     for method in ("search", "kneighbors"):
         for got, expected in zip(getattr(on_disk, method)(queries), getattr(in_memory, method)(queries)):
             np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(on_disk.kneighbors()[1], in_memory.kneighbors()[1])
-    _assert_same_radius(on_disk.radius_neighbors(queries, 0.5), in_memory.radius_neighbors(queries, 0.5))
+    _assert_same_radius(on_disk.radius_neighbors(queries, RADIUS[name]), in_memory.radius_neighbors(queries, RADIUS[name]))
     np.testing.assert_array_equal(on_disk.predict(queries), in_memory.predict(queries))
     on_disk.add(queries, np.zeros(len(queries), int))
     in_memory.add(queries, np.zeros(len(queries), int))
