@@ -86,12 +86,12 @@ class SearchGallery:
 
     @property
     def bytes_per_row(self) -> int:
-        """Memory a block of a streamed gallery takes per row: the stored row, its float32
-        prepared copy (twice: upcast, then prepared) and its copy in the product dtype."""
+        """Memory a block of a streamed gallery takes per row: the row as stored (the read
+        buffer), upcast to float32 (prepared in place) and in the product dtype."""
         if not self.streamed:
             return 0
         low = 0 if self.dtype == torch.float32 else _itemsize(self.dtype)
-        return self.n_features * (self.store.itemsize + 8 + low)
+        return self.n_features * (self.store.itemsize + 4 + low)
 
     def blocks(self, rows: int):
         """Yield ``(g0, exact, low)`` for consecutive blocks of ``rows`` gallery rows.
@@ -103,7 +103,8 @@ class SearchGallery:
             for g0 in range(0, self.n_gallery, rows):
                 yield g0, self.exact[g0 : g0 + rows], self.low[g0 : g0 + rows]
             return
-        low = None if self.dtype == torch.float32 else torch.empty((rows, self.n_features), dtype=self.dtype, device=self.device)
+        shape = (min(rows, self.n_gallery), self.n_features)
+        low = None if self.dtype == torch.float32 else torch.empty(shape, dtype=self.dtype, device=self.device)
         for g0, block in self.store.blocks(rows):
             exact = self.similarity.prepare_(block)
             yield g0, exact, exact if low is None else low[: len(exact)].copy_(exact)
