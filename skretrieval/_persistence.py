@@ -39,11 +39,13 @@ from ._version import __version__
 from .io._untrusted import (
     FileFormatError,
     entry_pattern,
+    map_safetensors,
     open_archive,
     read_json,
     read_npy,
     read_safetensors,
     refusing,
+    write_safetensors,
 )
 
 FORMAT_VERSION = 2  # 2: fine-tuned models (projection_, head_) and every fitted attribute
@@ -53,6 +55,7 @@ _MODULES = {"encoder_": "weights.safetensors", "projection_": "projection_.safet
 # Fitted attributes load rebuilds itself (from the parameters, or the entries above).
 _REBUILT = {"encoder_", "preprocessing_", "device_", "projection_", "head_", "prototype_"}
 _REQUIRED = ("meta.json", "arrays.safetensors", "prototype_labels_.npy", "prototype_ids_.npy", "classes_.npy")
+_GALLERY_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}  # and gallery_dtype's names
 _FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")
 _ENTRY = entry_pattern(
     r"meta\.json", r"arrays\.safetensors", *(re.escape(e) for e in _MODULES.values()), r"[a-z][a-z0-9_]*_\.npy"
@@ -63,7 +66,6 @@ def save(estimator, path) -> Path:
     """Write a fitted ``estimator`` to the zip archive ``path`` (see the module docstring)."""
     import zipfile
 
-    from safetensors.numpy import save as save_arrays
     from safetensors.torch import save as save_tensors
     from sklearn.utils.validation import check_is_fitted
 
@@ -97,14 +99,18 @@ def save(estimator, path) -> Path:
         "fitted_device": str(estimator.device_),
         "fitted": fitted,
     }
+    prototype = estimator.prototype_  # float32 or float16 (gallery_dtype), maybe memory-mapped
     gallery = {
-        "prototype_": np.ascontiguousarray(estimator.prototype_, dtype=np.float32),
+        "prototype_": prototype if prototype.dtype in _GALLERY_DTYPES else prototype.astype(np.float32),
         "label_codes": np.ascontiguousarray(estimator._label_codes, dtype=np.int64),
     }
+    n_bytes = sum(a.size * a.dtype.itemsize for a in gallery.values()) + (1 << 20)  # + the header
     path = Path(path)
     with _replacing(path) as file, zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=1))
-        archive.writestr("arrays.safetensors", save_arrays(gallery))
+        # Streamed into the entry: a gallery larger than memory is never copied whole.
+        with archive.open("arrays.safetensors", "w", force_zip64=n_bytes >= zipfile.ZIP64_LIMIT) as entry:
+            write_safetensors(entry, gallery)
         for name, values in arrays.items():
             archive.writestr(f"{name}.npy", _npy_bytes(values))
         for name, module in modules.items():
@@ -192,10 +198,10 @@ def _head_n_classes(head) -> int | None:
     return int(getattr(classifier, "n_classes", None) or classifier.out_features)
 
 
-def read_model(path, cls, *, encoder=None, head=None, device=None):
+def read_model(path, cls, *, encoder=None, head=None, device=None, mmap=False):
     """The fitted ``cls`` estimator a model file holds (:func:`skretrieval.load` documents it)."""
     path = Path(path)
-    meta, gallery, arrays, states = _read(path, cls)
+    meta, gallery, arrays, states = _read(path, cls, mmap)
     estimator = _rebuild(meta, cls, encoder, head, device, path)
     _load_modules(estimator, meta, states, gallery[0].shape[1], path)
     estimator.prototype_, estimator._label_codes = gallery
@@ -206,8 +212,11 @@ def read_model(path, cls, *, encoder=None, head=None, device=None):
     return estimator
 
 
-def _read(path: Path, cls):
-    """Everything in the model file, checked: ``(meta, (prototype, codes), arrays, module states)``."""
+def _read(path: Path, cls, mmap: bool = False):
+    """Everything in the model file, checked: ``(meta, (prototype, codes), arrays, module states)``.
+
+    ``mmap``: ``prototype`` is memory-mapped in the file, not read.
+    """
     archive = open_archive(path, _KIND, _ENTRY)
     with archive, refusing(path, _KIND):
         infos = {info.filename: info for info in archive.infolist()}
@@ -219,12 +228,13 @@ def _read(path: Path, cls):
         if reserved:
             raise FileFormatError(path, _KIND, f"entries {reserved} would replace what load rebuilds")
         arrays = {n[:-4]: read_npy(archive, info, path, _KIND) for n, info in infos.items() if n.endswith(".npy")}
-        tensors = read_safetensors(archive, infos["arrays.safetensors"], path, _KIND)
+        read_gallery = map_safetensors if mmap else read_safetensors
+        tensors = read_gallery(archive, infos["arrays.safetensors"], path, _KIND)
         states = {
             name: {key: _tensor(*value) for key, value in read_safetensors(archive, infos[entry], path, _KIND).items()}
             for name, entry in _MODULES.items() if entry in infos
         }
-        gallery = _check_gallery(tensors, arrays, path)
+        gallery = _check_gallery(tensors, arrays, meta, path)
     return meta, gallery, arrays, states
 
 
@@ -254,13 +264,18 @@ def _check_meta(meta, cls, path: Path) -> dict:
     return meta
 
 
-def _check_gallery(tensors: dict, arrays: dict, path: Path):
-    """``prototype_`` and the label codes, consistent with the labels and classes."""
+def _check_gallery(tensors: dict, arrays: dict, meta: dict, path: Path):
+    """``prototype_`` and the label codes, consistent with the labels, classes and ``gallery_dtype``."""
     if set(tensors) != {"prototype_", "label_codes"}:
         raise FileFormatError(path, _KIND, f"arrays.safetensors holds {sorted(tensors)}, not prototype_ and label_codes")
     (prototype, prototype_dtype), (codes, codes_dtype) = tensors["prototype_"], tensors["label_codes"]
-    if prototype_dtype != "F32" or prototype.ndim != 2:
-        raise FileFormatError(path, _KIND, f"prototype_ is {prototype_dtype}{list(prototype.shape)}, not 2-D F32")
+    codes = np.array(codes)  # in memory (a memory-mapped file's codes are small)
+    expected_dtype = _GALLERY_DTYPES.get(np.dtype(meta["params"].get("gallery_dtype", "float32")))
+    if prototype_dtype != expected_dtype or prototype.ndim != 2:
+        raise FileFormatError(
+            path, _KIND, f"prototype_ is {prototype_dtype}{list(prototype.shape)}, not 2-D {expected_dtype} "
+            f"(gallery_dtype={meta['params'].get('gallery_dtype', 'float32')!r})"
+        )
     n = len(prototype)
     for name in ("prototype_labels_", "prototype_ids_"):
         if arrays[name].shape != (n,):

@@ -26,6 +26,7 @@ from .io._stats import UNKNOWN, file_stats
 from .search import (
     PRECISIONS,
     SIMILARITY_NAMES,
+    STORAGE_DTYPES,
     SearchGallery,
     get_similarity,
     radius_search,
@@ -39,6 +40,7 @@ from .search._approximate import (
     check_algorithm,
     resolve_params,
 )
+from .search._storage import to_storage
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
@@ -128,6 +130,14 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         better recall, slower). ``"hnsw"``: ``M`` (graph links per item, default 32),
         ``efConstruction`` (default 80), ``efSearch`` (default 64, at least ``2 k``; higher:
         better recall, slower). Changing ``nprobe`` or ``efSearch`` does not rebuild the index.
+    gallery_dtype : {"float32", "float16"}, default="float32"
+        How ``prototype_`` is stored. ``"float16"`` halves the gallery's memory (and its
+        model file); magnitudes above 65504 raise a ``ValueError`` in ``fit``/``add``.
+        Search results are exact for the stored vectors: every block is upcast to float32
+        for the products and the re-scoring, never a whole copy (see
+        :doc:`/large_galleries` for the recall it costs against float32 storage). A
+        memory-mapped gallery (``fit`` of a :class:`numpy.memmap`, or
+        ``load(path, mmap=True)``) of this dtype stays on disk.
     head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or None, default=None
         Fine-tune in ``fit`` (needs ``y`` with at least 2 classes). A projection maps encoder
         features to an embedding trained with this loss; retrieval, ``transform`` and
@@ -191,8 +201,12 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
 
     Attributes
     ----------
-    prototype_ : ndarray of shape (n_gallery, n_features), float32
-        The encoded gallery.
+    prototype_ : ndarray of shape (n_gallery, n_features), float32 or float16
+        The encoded gallery, in ``gallery_dtype``. Fitted on a memory-mapped array of that
+        dtype (``encoder="precomputed"``, no head), it is that array: kept on disk, and
+        searched block by block from the file (``np.load(path, mmap_mode="r")`` keeps a
+        ``.npy`` file on disk; a path is read into memory). ``add`` then copies it into
+        memory (the file is never written).
     prototype_labels_ : ndarray of shape (n_gallery,)
         Label of each gallery item: ``y``, the labels a Dataset yields, or ``arange(n)``.
     prototype_ids_ : ndarray of shape (n_gallery,)
@@ -259,6 +273,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         "search_precision": [StrOptions(set(PRECISIONS))],
         "algorithm": [StrOptions(set(ALGORITHMS))],
         "algorithm_params": [None, dict],
+        "gallery_dtype": [StrOptions(set(STORAGE_DTYPES))],
         **OPEN_SET_CONSTRAINTS,
         **TRAINING_CONSTRAINTS,
     }
@@ -277,6 +292,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         search_precision="auto",
         algorithm="brute",
         algorithm_params=None,
+        gallery_dtype="float32",
         head=None,
         head_params=None,
         embedding_dim=None,
@@ -308,6 +324,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.search_precision = search_precision
         self.algorithm = algorithm
         self.algorithm_params = algorithm_params
+        self.gallery_dtype = gallery_dtype
         self.head = head
         self.head_params = head_params
         self.embedding_dim = embedding_dim
@@ -363,7 +380,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         if y is not None:
             labels = _aligned_labels(y, n, self.skipped_)
         self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
-        self.prototype_ = self._embed(features)
+        self.prototype_ = to_storage(self._embed(features), self.gallery_dtype)
         resolve_params(self.algorithm, self.algorithm_params, n)  # an nlist the gallery can hold
         self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
         self.__dict__.pop("prototype_file_stats_", None)
@@ -389,8 +406,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Returns
         -------
         features : ndarray of shape (n_gallery, n_features), float32
+            The stored gallery (with ``gallery_dtype="float16"``, its float16 values).
         """
-        return self.fit(X, y).prototype_.copy()
+        return np.array(self.fit(X, y).prototype_, dtype=np.float32)
 
     def dump_prototype(self, path):
         """Write the gallery features, labels and ids to ``path`` (``fit`` accepts the file).
@@ -619,7 +637,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         return self._exact_topk(self.prototype_[rows], k)
 
     def _append_gallery(self, features: np.ndarray) -> None:
-        self.prototype_ = np.concatenate([self.prototype_, features])
+        # A memory-mapped gallery is copied into memory: its file (a model file, or the
+        # user's features) is never written.
+        self.prototype_ = np.concatenate([self.prototype_, to_storage(features, self.gallery_dtype)])
         # In-memory gallery images are kept by reference to what fit got; added ones are not.
         self.__dict__.pop("_gallery_source", None)
 
@@ -628,7 +648,8 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.__dict__.pop("_gallery_source", None)  # its items no longer match the rows
 
     def _search_gallery(self) -> SearchGallery:
-        """The gallery prepared for search, resident on ``device_`` in the search dtype.
+        """The gallery prepared for search: resident on ``device_`` in the search dtype, or
+        streamed from its float16 or memory-mapped storage.
 
         Built on first use and kept until the prototype, similarity, precision or device
         changes; never pickled.
@@ -689,7 +710,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
 
 
 
-def load(path, *, encoder=None, head=None, device=None):
+def load(path, *, encoder=None, head=None, device=None, mmap=False):
     """Load a model written by :meth:`ImageRetriever.save`, without unpickling anything.
 
     The file is checked before any of it is read: only the entries ``save`` writes, each
@@ -712,6 +733,13 @@ def load(path, *, encoder=None, head=None, device=None):
     device : str or torch.device, default=None
         Where to run; None keeps the saved ``device`` parameter, falling back to the CPU
         when it names a GPU this machine lacks.
+    mmap : bool, default=False
+        Open the gallery (``prototype_``) memory-mapped in the file instead of reading it:
+        loading then reads only the header and the labels, and searches stream the gallery
+        from the file in blocks, so resident memory stays within ``working_memory`` and not
+        the gallery's size (see :doc:`/large_galleries`). The file must stay in place and
+        unchanged while the model is used; the gallery's checksum is not verified (its
+        size and layout are, as without ``mmap``).
 
     Returns
     -------
@@ -736,7 +764,7 @@ def load(path, *, encoder=None, head=None, device=None):
     >>> skretrieval.load(path).predict([[0.9, 0.1]])
     array(['a'], dtype='<U1')
     """
-    return read_model(path, ImageRetriever, encoder=encoder, head=head, device=device)
+    return read_model(path, ImageRetriever, encoder=encoder, head=head, device=device, mmap=mmap)
 
 
 class _SearchCache:

@@ -356,9 +356,10 @@ def _safetensors_header_edit(data: bytes, edit) -> bytes:
 def test_damaged_archives_are_refused_with_the_reason(tmp_path, mutate, reason):
     path, contents = _valid_file(tmp_path)
     model_files.rewrite(path, mutate(contents))
-    with pytest.raises(skretrieval.FileFormatError, match=reason) as info:
-        load(path, encoder=TinyEncoder())
-    assert "\n" not in str(info.value) and "is not a skretrieval model file or is damaged: " in str(info.value)
+    for mmap in (False, True):  # a memory-mapped gallery's file is checked alike
+        with pytest.raises(skretrieval.FileFormatError, match=reason) as info:
+            load(path, encoder=TinyEncoder(), mmap=mmap)
+        assert "\n" not in str(info.value) and "is not a skretrieval model file or is damaged: " in str(info.value)
 
 
 def test_compressed_encrypted_truncated_and_zip64_files(tmp_path):
@@ -367,7 +368,9 @@ def test_compressed_encrypted_truncated_and_zip64_files(tmp_path):
     with pytest.raises(skretrieval.FileFormatError, match="entry 'classes_.npy' is compressed"):
         load(path, encoder=TinyEncoder())
     model_files.rewrite(path, contents, zip64=set(contents))  # zip64 records: still the same model
-    np.testing.assert_array_equal(load(path, encoder=TinyEncoder()).kneighbors(QUERIES)[1], _fitted().kneighbors(QUERIES)[1])
+    for mmap in (False, True):  # mapped past the zip64 extra field of the local header
+        loaded = load(path, encoder=TinyEncoder(), mmap=mmap)
+        np.testing.assert_array_equal(loaded.kneighbors(QUERIES)[1], _fitted().kneighbors(QUERIES)[1])
     data = bytearray((tmp_path / "model.skr").read_bytes())
     directory = data.rindex(b"PK\x01\x02")  # the last central directory record: set "encrypted"
     data[directory + 8] |= 1
@@ -378,8 +381,9 @@ def test_compressed_encrypted_truncated_and_zip64_files(tmp_path):
     whole = path.read_bytes()
     for cut in (len(whole) // 2, len(whole) - 30):
         (tmp_path / "cut.skr").write_bytes(whole[:cut] + whole[-22:])  # the end record kept
-        with pytest.raises(skretrieval.FileFormatError, match="past the end of the file|overlaps|Bad"):
-            load(tmp_path / "cut.skr", encoder=TinyEncoder())
+        for mmap in (False, True):
+            with pytest.raises(skretrieval.FileFormatError, match="past the end of the file|overlaps|Bad"):
+                load(tmp_path / "cut.skr", encoder=TinyEncoder(), mmap=mmap)
 
 
 _PEAK = """

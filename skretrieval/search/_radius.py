@@ -10,6 +10,7 @@ from ._gallery import (
     exact_scores,
     mask_self,
     prepare_search,
+    query_blocks,
     score_block,
     score_buffer,
 )
@@ -62,26 +63,23 @@ def radius_search(
     >>> indices[0]
     array([0, 1])
     """
-    gallery, q, query_block, gallery_block = prepare_search(
+    gallery, n_queries, query_block, gallery_block = prepare_search(
         queries, gallery, similarity, dtype, device, working_memory
     )
-    n_queries = len(q)
     # The smallest score within the radius, nudged down one float32 step: the exact
     # distance test below decides; this only has to keep every pair that could pass.
     min_score = float(np.nextafter(np.float32(similarity.from_distance(np.float32(radius))), -np.inf))
     rows_all, cols_all, scores_all = [], [], []
-    for q0 in range(0, n_queries, query_block):
-        qb = q[q0 : q0 + query_block]
+    for q0, qb in query_blocks(queries, gallery, query_block):
         exact_threshold = similarity.proxy_threshold(
-            torch.full((len(qb),), min_score, device=q.device), (qb * qb).sum(dim=1)
+            torch.full((len(qb),), min_score, device=qb.device), (qb * qb).sum(dim=1)
         )
         threshold = gallery.lower(exact_threshold, gallery.margin(qb))
         qb_low = qb.to(gallery.dtype)
         buffer = score_buffer(gallery, len(qb), gallery_block)
-        for g0 in range(0, gallery.n_gallery, gallery_block):
-            g1 = min(g0 + gallery_block, gallery.n_gallery)
-            out = None if buffer is None else buffer[: len(qb) * (g1 - g0)].view(len(qb), g1 - g0)
-            scores = score_block(gallery, qb_low, g0, g1, out)
+        for g0, exact, low in gallery.blocks(gallery_block):
+            out = None if buffer is None else buffer[: len(qb) * len(low)].view(len(qb), len(low))
+            scores = score_block(gallery, qb_low, g0, low, out)
             if exclude_self:
                 mask_self(scores, q0, g0)
             rows, cols = candidates(scores, threshold)
@@ -89,7 +87,7 @@ def radius_search(
             if exclude_self:
                 keep = rows + q0 != cols
                 rows, cols = rows[keep], cols[keep]
-            values = exact_scores(gallery, qb, scores, rows, cols, g0)
+            values = exact_scores(gallery, qb, scores, rows, cols, g0, exact)
             rows_all.append(rows + q0), cols_all.append(cols), scores_all.append(values)
     return _per_query(similarity, radius, n_queries, rows_all, cols_all, scores_all, sort_results)
 

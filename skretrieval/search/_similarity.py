@@ -51,6 +51,10 @@ class Similarity:
         """Transform vectors once before any block is scored (e.g. L2-normalise)."""
         return x
 
+    def prepare_(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`prepare` in place where it can (the same values): a streamed gallery's blocks."""
+        return self.prepare(x)
+
     def block(self, queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm=None, out=None) -> torch.Tensor:
         """Proxy scores of prepared queries against gallery rows (any float dtype).
 
@@ -82,6 +86,10 @@ class CosineSimilarity(Similarity):
 
     def prepare(self, x):
         return F.normalize(x, dim=1)
+
+    def prepare_(self, x):
+        # F.normalize's own steps, dividing in place: bit for bit its result
+        return x.div_(x.norm(2, 1, keepdim=True).clamp_min_(1e-12))
 
     def to_distance(self, scores):
         return 1.0 - scores
