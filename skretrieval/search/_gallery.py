@@ -215,7 +215,8 @@ def block_sizes(
     ``working_memory`` is in MiB, as scikit-learn's ``working_memory``. When None, the budget
     is a quarter of the free memory of a CUDA ``device`` (``torch.cuda.mem_get_info``), and
     scikit-learn's global setting elsewhere. Gallery blocks are whole chunks of 128 columns
-    when they can be; on a CPU a block holds at most ~1M scores, so it stays in cache.
+    when they can be; on a CPU a block holds at most ~4M scores (top-k: ``products`` of ~1M
+    each), so what one product writes stays in cache.
 
     Parameters
     ----------
