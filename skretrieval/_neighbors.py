@@ -523,8 +523,9 @@ class GalleryMixin:
             The result equals fitting on the gallery without those items:
             ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` lose them (a class
             left without items leaves ``classes_``), later rows move up, and labels and ids
-            that were row numbers (fitted without ``y``, not from files) are numbered anew,
-            ``0`` to ``n - 1``. As in :meth:`add`, ``threshold_`` is kept as it is (an
+            that are the row numbers ``0`` to ``n - 1`` (fitted without ``y``, not from
+            files; as in :meth:`add`, a ``y`` equal to them is taken for them) are numbered
+            anew, ``0`` to ``n - 1``. As in :meth:`add`, ``threshold_`` is kept as it is (an
             ``"auto"`` one is not re-estimated). An unknown id or row raises a
             ``ValueError`` naming it, and nothing is removed; so does removing every item.
 

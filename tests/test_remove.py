@@ -120,7 +120,9 @@ def test_remove_then_search_equals_fit_property(n, similarity_fn, labelled, seed
     rng = np.random.default_rng(seed)
     X = rng.integers(-2, 3, size=(n, 3)).astype(np.float32)  # small integers: ties and duplicates
     X[np.abs(X).sum(axis=1) == 0, 0] = 1  # no zero vector (its cosine is undefined)
-    y = rng.integers(0, 3, size=n) if labelled else None
+    # Labels that are the row numbers 0..n-1 are renumbered as fit's default ones are, so
+    # labelled galleries here are named by letters.
+    y = rng.choice(np.array(["a", "b", "c"]), size=n) if labelled else None
     removed = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n - 2))
     keep = np.setdiff1d(np.arange(n), removed)
     topk = data.draw(st.integers(1, len(keep) - 1)) if len(keep) > 1 else 1
