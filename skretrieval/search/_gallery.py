@@ -215,10 +215,15 @@ def default_working_memory(device=None) -> float:
     return get_config()["working_memory"]
 
 
-def score_block(gallery: SearchGallery, queries_low: torch.Tensor, g0: int, g1: int) -> torch.Tensor:
-    """Proxy scores of a query block against gallery rows ``g0:g1``."""
+def score_block(gallery: SearchGallery, queries_low: torch.Tensor, g0: int, g1: int, buffer=None) -> torch.Tensor:
+    """Proxy scores of a query block against gallery rows ``g0:g1``, in ``buffer`` if given.
+
+    ``buffer``: a flat tensor of the product dtype, at least a block large, reused for every
+    block of a search (see ``radius_search``).
+    """
     sqnorm = gallery.sqnorm[g0:g1] if gallery.similarity.proxy_scale != 1.0 else None
-    return gallery.similarity.block(queries_low, gallery.low[g0:g1], sqnorm)
+    out = None if buffer is None else buffer[: len(queries_low) * (g1 - g0)].view(len(queries_low), g1 - g0)
+    return gallery.similarity.block(queries_low, gallery.low[g0:g1], sqnorm, out=out)
 
 
 def mask_self(scores: torch.Tensor, q0: int, g0: int) -> None:

@@ -51,12 +51,14 @@ class Similarity:
         """Transform vectors once before any block is scored (e.g. L2-normalise)."""
         return x
 
-    def block(self, queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm=None) -> torch.Tensor:
+    def block(self, queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm=None, out=None) -> torch.Tensor:
         """Proxy scores of prepared queries against gallery rows (any float dtype).
 
-        Batched inputs ``(b, n, d)`` and ``(b, m, d)`` give ``(b, n, m)``.
+        Batched inputs ``(b, n, d)`` and ``(b, m, d)`` give ``(b, n, m)``. ``out``: a
+        contiguous tensor of the result's shape and dtype to write into (a search reuses
+        one for all its blocks), or None.
         """
-        return queries @ gallery.mT
+        return torch.matmul(queries, gallery.mT, out=out)
 
     def exact(self, queries: torch.Tensor, gallery_rows: torch.Tensor) -> torch.Tensor:
         """Float32 scores of pairs: ``queries[i]`` against ``gallery_rows[i]``."""
@@ -105,10 +107,11 @@ class EuclideanSimilarity(Similarity):
     name = "euclidean"
     proxy_scale = 2.0
 
-    def block(self, queries, gallery, gallery_sqnorm=None):
+    def block(self, queries, gallery, gallery_sqnorm=None, out=None):
         if gallery_sqnorm is None:
             gallery_sqnorm = (gallery.float() ** 2).sum(dim=-1)
-        return 2.0 * (queries @ gallery.mT) - gallery_sqnorm.unsqueeze(-2).to(queries.dtype)
+        scores = torch.matmul(queries, gallery.mT, out=out)
+        return scores.mul_(2.0).sub_(gallery_sqnorm.unsqueeze(-2).to(queries.dtype))
 
     def exact(self, queries, gallery_rows):
         return -torch.linalg.vector_norm(queries - gallery_rows, dim=1)
@@ -127,8 +130,8 @@ class CallableSimilarity(Similarity):
     def __init__(self, fn):
         self.fn = fn
 
-    def block(self, queries, gallery, gallery_sqnorm=None):
-        scores = self.fn(queries, gallery)
+    def block(self, queries, gallery, gallery_sqnorm=None, out=None):
+        scores = self.fn(queries, gallery)  # a user function writes where it likes: out unused
         scores = torch.as_tensor(scores, dtype=torch.float32, device=queries.device)
         expected = (queries.shape[0], gallery.shape[0])
         if tuple(scores.shape) != expected:
