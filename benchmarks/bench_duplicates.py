@@ -11,7 +11,7 @@ Each method runs in its own process on the same seeded data and reports its time
 resident memory (``VmHWM``), also as the increase over the process once the data and the
 index are held:
 
-- ours: ``ImageRetriever("precomputed").fit(X).find_duplicates(t)`` (radius search of the
+- ours: ``ImageRetriever("precomputed").fit(X).find_duplicates(min_similarity=t)`` (radius search of the
   gallery against itself, ``radius_neighbors_graph`` CSR, ``connected_components``); the
   search gallery's normalised copy is built inside the timed call;
 - faiss: ``IndexFlatIP`` (``add`` untimed), ``range_search(X, t)`` of every row, then the same

@@ -37,6 +37,7 @@ from ._sklearn_compat import (
 )
 from ._version import __version__, check_pickled_version
 from .io import FeatureInput, read_input
+from .search._storage import check_finite, file_backing
 
 ENCODER_CONSTRAINTS = {
     "encoder": [str, callable],
@@ -111,6 +112,9 @@ class EncoderMixin:
     def _encode_input(self, X, *, reset: bool, exact: bool = False, keep_rows=None, embedded=False):
         """``(features float32 (n, d), labels or None, ids or None, skipped)`` for any ``X``.
 
+        A memory-mapped feature matrix of float32 or float16 is returned as it is (still
+        on disk), checked to be finite in blocks.
+
         Image files that cannot be decoded follow ``on_error``: with "skip"/"warn" they are
         listed in ``skipped`` as ``(index, path, reason)`` and, unless ``keep_rows`` (the
         default for queries, ``reset=False``), left out; kept rows are all NaN, so that
@@ -124,13 +128,19 @@ class EncoderMixin:
         keep_rows = not reset if keep_rows is None else keep_rows
         source = read_input(X, on_error=on_error)
         if isinstance(source, FeatureInput):
+            # A memory-mapped float32/float16 array stays on disk: checked in blocks read
+            # from its file, not through its mapping (which would make it all resident).
+            on_disk = file_backing(source.features) is not None
+            dtypes = [np.float32, np.float64, np.float16] if on_disk else [np.float32, np.float64]
             if embedded:
-                features = check_array(
-                    source.features, dtype=[np.float32, np.float64], ensure_all_finite="allow-nan"
-                )
+                features = check_array(source.features, dtype=dtypes, ensure_all_finite=False if on_disk else "allow-nan")
             else:
-                features = validate_data(self, source.features, reset=reset, dtype=[np.float32, np.float64])
-            return features.astype(np.float32, copy=False), source.labels, source.ids, []
+                features = validate_data(self, source.features, reset=reset, dtype=dtypes, ensure_all_finite=not on_disk)
+                if on_disk:
+                    check_finite(features)
+            if not (on_disk and features.dtype == np.float16):
+                features = features.astype(np.float32, copy=False)
+            return features, source.labels, source.ids, []
         if embedded:
             raise ValueError(
                 f"embedded=True takes embeddings (a 2-D matrix, as transform returns); got "

@@ -1,7 +1,7 @@
 """The gallery and the queries against it, written once for every retriever.
 
 :class:`GalleryMixin` holds what every retriever does with a fitted gallery: labels, ids
-and classes, adding items, turning queries into features, rows of unreadable queries,
+and classes, adding and removing items, turning queries into features, rows of unreadable queries,
 ``search``/``kneighbors``/``radius_neighbors``, their graphs, ``find_duplicates`` and the
 label vote. A retriever says only how its gallery is stored and searched (the split of
 scikit-learn's ``NeighborsBase``/``KNeighborsMixin``/``KNeighborsClassifier``):
@@ -13,7 +13,8 @@ scikit-learn's ``NeighborsBase``/``KNeighborsMixin``/``KNeighborsClassifier``):
 * ``_gallery_topk(queries, k)``: similarities and rows of the ``k`` best matches of each
   query (``queries`` None: the gallery against itself, no row its own match);
 * ``_gallery_radius(queries, radius, sort_results)``: as ``radius_neighbors``;
-* ``_append_gallery(features)``: store embedded rows after the existing ones.
+* ``_append_gallery(features)``: store embedded rows after the existing ones;
+* ``_remove_gallery(rows)``: drop the rows ``rows`` (sorted, unique, not all).
 
 The representation rule
 -----------------------
@@ -27,6 +28,8 @@ Without a head the two spaces are one, and ``embedded`` changes nothing.
 
 from __future__ import annotations
 
+import os
+import time
 from numbers import Integral, Real
 
 import numpy as np
@@ -43,6 +46,7 @@ from ._open_set import (
     resolve_outlier_label,
 )
 from ._vote import class_probabilities, plurality_vote, vote_weights
+from .io._stats import file_stats
 from .search import get_similarity
 
 
@@ -519,9 +523,8 @@ class GalleryMixin:
         array(['b'], dtype='<U1')
         """
         check_is_fitted(self)
-        settings = self._settings
-        features, labels, ids, skipped = settings._encode_input(X, reset=False, keep_rows=False)
-        features = self._check_width(settings._embed(features))
+        started = time.time_ns()
+        features, labels, ids, skipped = self._encode_items(X)
         n_old, n_new = self._n_gallery(), len(features)
         if y is not None:
             labels = _aligned_labels(y, n_new, skipped)
@@ -538,8 +541,111 @@ class GalleryMixin:
             _concatenate(self.prototype_labels_, np.asarray(labels)),
             _concatenate(self.prototype_ids_, ids),
         )
+        self._extend_file_stats(n_old, file_stats(ids, changed_since_ns=started))
         self.skipped_ = [*getattr(self, "skipped_", []), *skipped]
         return self
+
+    def _encode_items(self, X):
+        """New gallery items as ``fit`` encodes them: ``(embedded features, labels, ids, skipped)``."""
+        settings = self._settings
+        features, labels, ids, skipped = settings._encode_input(X, reset=False, keep_rows=False)
+        if not len(features):  # every file unreadable: nothing to embed, whatever the width
+            return np.empty((0, self._n_features()), np.float32), labels, ids, skipped
+        return self._check_width(settings._embed(features)), labels, ids, skipped
+
+    def remove(self, ids=None, *, rows=None):
+        """Remove items from the gallery, named by ``prototype_ids_`` or by row.
+
+        Parameters
+        ----------
+        ids : array-like or scalar, default=None
+            Values of ``prototype_ids_`` (file paths, exactly as stored, for a gallery of
+            files); every row holding one of them goes.
+        rows : array-like of int or int, default=None
+            Rows of ``prototype_`` (``kneighbors``' indices). Give ``ids`` or ``rows``,
+            not both.
+
+        Returns
+        -------
+        self : object
+            The result equals fitting on the gallery without those items:
+            ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` lose them (a class
+            left without items leaves ``classes_``), later rows move up, and labels and ids
+            that were row numbers (fitted without ``y``, not from files) are numbered anew,
+            ``0`` to ``n - 1``. As in :meth:`add`, ``threshold_`` is kept as it is (an
+            ``"auto"`` one is not re-estimated). An unknown id or row raises a
+            ``ValueError`` naming it, and nothing is removed; so does removing every item.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from skretrieval import ImageRetriever
+        >>> retriever = ImageRetriever("precomputed", topk=1).fit(np.eye(3), ["a", "b", "c"])
+        >>> retriever.remove(rows=[1]).predict([[0.0, 1.0, 0.2]])
+        array(['c'], dtype='<U1')
+        >>> retriever.classes_
+        array(['a', 'c'], dtype='<U1')
+        """
+        check_is_fitted(self)
+        rows = self._rows_to_remove(ids, rows)
+        n = self._n_gallery()
+        if len(rows) == n:
+            raise ValueError(
+                f"remove would take all {n} items out of the gallery, which cannot be empty; "
+                "fit a new gallery instead."
+            )
+        if len(rows) == 0:
+            return self
+        keep = np.ones(n, dtype=bool)
+        keep[rows] = False
+        self._remove_gallery(rows)
+        self._set_gallery(_kept(self.prototype_labels_, keep), _kept(self.prototype_ids_, keep))
+        stats = getattr(self, "prototype_file_stats_", None)
+        if stats is not None:
+            self.prototype_file_stats_ = stats[keep]
+        return self
+
+    def _rows_to_remove(self, ids, rows) -> np.ndarray:
+        """The sorted, unique gallery rows ``remove`` is asked to drop, all checked to exist."""
+        if (ids is None) == (rows is None):
+            raise ValueError(
+                "remove takes ids (values of prototype_ids_) or rows (rows of prototype_), "
+                f"exactly one of them; got {'both' if ids is not None else 'neither'}."
+            )
+        n = self._n_gallery()
+        if rows is not None:
+            rows = np.atleast_1d(np.asarray(rows)).ravel()
+            if rows.size and (rows.dtype.kind not in "iu"):
+                raise ValueError(f"rows must be integer rows of the gallery, 0 to {n - 1}; got dtype {rows.dtype}.")
+            rows = rows.astype(np.int64)
+            wrong = rows[(rows < 0) | (rows >= n)]
+            if wrong.size:
+                raise ValueError(
+                    f"rows {_listed(wrong)} are not in the gallery, whose rows are 0 to {n - 1}; "
+                    "nothing was removed."
+                )
+            return np.unique(rows)
+        wanted = _values(ids)
+        gallery = self.prototype_ids_
+        hit, found = _isin(gallery, wanted), _isin(wanted, gallery)
+        if not found.all():
+            raise ValueError(
+                f"ids {_listed(wanted[~found])} are not in prototype_ids_ (which holds e.g. "
+                f"{_listed(gallery[:3])}); nothing was removed. Pass values of prototype_ids_, "
+                "or rows=."
+            )
+        return np.flatnonzero(hit)
+
+    def _extend_file_stats(self, n_old: int, stats) -> None:
+        """``prototype_file_stats_`` after ``add``: kept while some gallery item is a file."""
+        old = getattr(self, "prototype_file_stats_", None)
+        if old is None and stats is None:
+            return
+        if old is None:  # the first files of a gallery of other items
+            old = np.full((n_old, 2), -1, np.int64)
+        if stats is None:  # items that are no files, after files
+            stats = np.full((self._n_gallery() - n_old, 2), -1, np.int64)
+        self.prototype_file_stats_ = np.concatenate([old, stats])
 
     def _set_gallery(self, labels, ids) -> None:
         self.prototype_labels_ = np.asarray(labels)
@@ -645,6 +751,35 @@ def _aligned_labels(y, n: int, skipped) -> np.ndarray:
         raise ValueError(f"X has {n} samples but y has {len(labels)}; they must match.")
     check_classification_targets(labels)
     return labels
+
+
+def _kept(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Labels or ids of the ``keep`` rows; row numbers (``arange``) are numbered anew."""
+    if values.dtype.kind in "iu" and np.array_equal(values, np.arange(len(values))):
+        return np.arange(int(keep.sum()))
+    return values[keep]
+
+
+def _values(ids) -> np.ndarray:
+    """``ids`` as a 1-D array, paths as strings; objects when the kinds are mixed (never ``'1'`` for 1)."""
+    items = [os.fspath(i) if isinstance(i, os.PathLike) else i for i in np.ravel(np.asarray(ids, dtype=object)).tolist()]
+    return np.asarray(items, dtype=None if len({type(i) for i in items}) <= 1 else object)
+
+
+def _isin(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin``, by Python equality when the kinds differ (paths never equal numbers)."""
+    kinds = {values.dtype.kind, wanted.dtype.kind}
+    if kinds <= {"i", "u", "f", "b"} or kinds <= {"U"}:
+        return np.isin(values, wanted)
+    wanted = set(wanted.tolist())
+    return np.fromiter((value in wanted for value in values.tolist()), dtype=bool, count=len(values))
+
+
+def _listed(values, at_most: int = 5) -> str:
+    """The first few values, for an error message."""
+    values = list(np.asarray(values).tolist())
+    more = f" and {len(values) - at_most} more" if len(values) > at_most else ""
+    return f"{values[:at_most]!r}{more}"
 
 
 def _check_graph_mode(mode) -> None:

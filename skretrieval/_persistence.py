@@ -13,6 +13,9 @@ A model file is a zip archive of uncompressed entries:
   ``state_dict`` of the encoder, the trained projection and the trained head (each when it
   is an ``nn.Module``).
 
+A file is written beside the target and then renamed over it (``os.replace``), so an
+interrupted save leaves the previous model file intact.
+
 No code is ever loaded from the file: a built-in encoder or head is rebuilt by name and its
 weights loaded; a user's module or callable is passed again as ``load(path, encoder=...,
 head=...)``. Every entry is checked before it is read (:mod:`skretrieval.io._untrusted`).
@@ -20,10 +23,12 @@ head=...)``. Every entry is checked before it is read (:mod:`skretrieval.io._unt
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +39,13 @@ from ._version import __version__
 from .io._untrusted import (
     FileFormatError,
     entry_pattern,
+    map_safetensors,
     open_archive,
     read_json,
     read_npy,
     read_safetensors,
     refusing,
+    write_safetensors,
 )
 
 FORMAT_VERSION = 2  # 2: fine-tuned models (projection_, head_) and every fitted attribute
@@ -48,6 +55,7 @@ _MODULES = {"encoder_": "weights.safetensors", "projection_": "projection_.safet
 # Fitted attributes load rebuilds itself (from the parameters, or the entries above).
 _REBUILT = {"encoder_", "preprocessing_", "device_", "projection_", "head_", "prototype_"}
 _REQUIRED = ("meta.json", "arrays.safetensors", "prototype_labels_.npy", "prototype_ids_.npy", "classes_.npy")
+_GALLERY_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}  # and gallery_dtype's names
 _FITTED_NAME = re.compile(r"[a-z][a-z0-9_]*_")
 _ENTRY = entry_pattern(
     r"meta\.json", r"arrays\.safetensors", *(re.escape(e) for e in _MODULES.values()), r"[a-z][a-z0-9_]*_\.npy"
@@ -58,7 +66,6 @@ def save(estimator, path) -> Path:
     """Write a fitted ``estimator`` to the zip archive ``path`` (see the module docstring)."""
     import zipfile
 
-    from safetensors.numpy import save as save_arrays
     from safetensors.torch import save as save_tensors
     from sklearn.utils.validation import check_is_fitted
 
@@ -92,20 +99,66 @@ def save(estimator, path) -> Path:
         "fitted_device": str(estimator.device_),
         "fitted": fitted,
     }
+    prototype = estimator.prototype_  # float32 or float16 (gallery_dtype), maybe memory-mapped
     gallery = {
-        "prototype_": np.ascontiguousarray(estimator.prototype_, dtype=np.float32),
+        "prototype_": prototype if prototype.dtype in _GALLERY_DTYPES else prototype.astype(np.float32),
         "label_codes": np.ascontiguousarray(estimator._label_codes, dtype=np.int64),
     }
+    n_bytes = sum(a.size * a.dtype.itemsize for a in gallery.values()) + (1 << 20)  # + the header
     path = Path(path)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+    with _replacing(path) as file, zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("meta.json", json.dumps(meta, indent=1))
-        archive.writestr("arrays.safetensors", save_arrays(gallery))
+        # Streamed into the entry: a gallery larger than memory is never copied whole.
+        with archive.open("arrays.safetensors", "w", force_zip64=n_bytes >= zipfile.ZIP64_LIMIT) as entry:
+            write_safetensors(entry, gallery)
         for name, values in arrays.items():
             archive.writestr(f"{name}.npy", _npy_bytes(values))
         for name, module in modules.items():
             state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
             archive.writestr(_MODULES[name], save_tensors(state))
     return path
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A new file beside ``path`` that takes its place only once completely written.
+
+    ``os.replace`` is atomic, so a save that fails or is killed leaves the previous file
+    at ``path`` as it was: a model file is never half written. The file is written as
+    ``.NAME.<random hex>.tmp`` in the same folder (a rename cannot cross file systems), removed
+    on a failure; only a killed process leaves it behind. Through a symbolic link the file
+    it points to is replaced; an existing file keeps its permission bits.
+    """
+    target = Path(os.path.realpath(path))
+    mode = target.stat().st_mode & 0o7777 if target.is_file() else None
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    # O_EXCL: never another file of that name; 0o666: the permissions the umask gives a new file
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())  # the data is on disk before the name points at it
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; Windows cannot open a folder)."""
+    if os.name == "nt":
+        return
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def _kind(value) -> str | None:
@@ -145,10 +198,10 @@ def _head_n_classes(head) -> int | None:
     return int(getattr(classifier, "n_classes", None) or classifier.out_features)
 
 
-def read_model(path, cls, *, encoder=None, head=None, device=None):
+def read_model(path, cls, *, encoder=None, head=None, device=None, mmap=False):
     """The fitted ``cls`` estimator a model file holds (:func:`skretrieval.load` documents it)."""
     path = Path(path)
-    meta, gallery, arrays, states = _read(path, cls)
+    meta, gallery, arrays, states = _read(path, cls, mmap)
     estimator = _rebuild(meta, cls, encoder, head, device, path)
     _load_modules(estimator, meta, states, gallery[0].shape[1], path)
     estimator.prototype_, estimator._label_codes = gallery
@@ -159,8 +212,11 @@ def read_model(path, cls, *, encoder=None, head=None, device=None):
     return estimator
 
 
-def _read(path: Path, cls):
-    """Everything in the model file, checked: ``(meta, (prototype, codes), arrays, module states)``."""
+def _read(path: Path, cls, mmap: bool = False):
+    """Everything in the model file, checked: ``(meta, (prototype, codes), arrays, module states)``.
+
+    ``mmap``: ``prototype`` is memory-mapped in the file, not read.
+    """
     archive = open_archive(path, _KIND, _ENTRY)
     with archive, refusing(path, _KIND):
         infos = {info.filename: info for info in archive.infolist()}
@@ -172,12 +228,13 @@ def _read(path: Path, cls):
         if reserved:
             raise FileFormatError(path, _KIND, f"entries {reserved} would replace what load rebuilds")
         arrays = {n[:-4]: read_npy(archive, info, path, _KIND) for n, info in infos.items() if n.endswith(".npy")}
-        tensors = read_safetensors(archive, infos["arrays.safetensors"], path, _KIND)
+        read_gallery = map_safetensors if mmap else read_safetensors
+        tensors = read_gallery(archive, infos["arrays.safetensors"], path, _KIND)
         states = {
             name: {key: _tensor(*value) for key, value in read_safetensors(archive, infos[entry], path, _KIND).items()}
             for name, entry in _MODULES.items() if entry in infos
         }
-        gallery = _check_gallery(tensors, arrays, path)
+        gallery = _check_gallery(tensors, arrays, meta, path)
     return meta, gallery, arrays, states
 
 
@@ -207,17 +264,27 @@ def _check_meta(meta, cls, path: Path) -> dict:
     return meta
 
 
-def _check_gallery(tensors: dict, arrays: dict, path: Path):
-    """``prototype_`` and the label codes, consistent with the labels and classes."""
+def _check_gallery(tensors: dict, arrays: dict, meta: dict, path: Path):
+    """``prototype_`` and the label codes, consistent with the labels, classes and ``gallery_dtype``."""
     if set(tensors) != {"prototype_", "label_codes"}:
         raise FileFormatError(path, _KIND, f"arrays.safetensors holds {sorted(tensors)}, not prototype_ and label_codes")
     (prototype, prototype_dtype), (codes, codes_dtype) = tensors["prototype_"], tensors["label_codes"]
-    if prototype_dtype != "F32" or prototype.ndim != 2:
-        raise FileFormatError(path, _KIND, f"prototype_ is {prototype_dtype}{list(prototype.shape)}, not 2-D F32")
+    codes = np.array(codes)  # in memory (a memory-mapped file's codes are small)
+    expected_dtype = _GALLERY_DTYPES.get(np.dtype(meta["params"].get("gallery_dtype", "float32")))
+    if prototype_dtype != expected_dtype or prototype.ndim != 2:
+        raise FileFormatError(
+            path, _KIND, f"prototype_ is {prototype_dtype}{list(prototype.shape)}, not 2-D {expected_dtype} "
+            f"(gallery_dtype={meta['params'].get('gallery_dtype', 'float32')!r})"
+        )
     n = len(prototype)
     for name in ("prototype_labels_", "prototype_ids_"):
         if arrays[name].shape != (n,):
             raise FileFormatError(path, _KIND, f"{name} has shape {arrays[name].shape} for a gallery of {n}")
+    stats = arrays.get("prototype_file_stats_")  # absent in older files and galleries of no files
+    if stats is not None and (stats.shape != (n, 2) or stats.dtype != np.int64):
+        raise FileFormatError(
+            path, _KIND, f"prototype_file_stats_ is {stats.dtype}{list(stats.shape)}, not int64 [{n}, 2]"
+        )
     classes, expected = np.unique(arrays["prototype_labels_"], return_inverse=True)
     if codes_dtype != "I64" or not (np.array_equal(codes, expected) and np.array_equal(arrays["classes_"], classes)):
         raise FileFormatError(path, _KIND, "its label codes, labels and classes_ disagree")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import platform
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -92,26 +93,21 @@ class Preprocessing:
         interpolation to integers would band it into steps, which moves the features.
         Bicubic resizing runs on floats too: torch's uint8 bicubic is another filter.
         """
-        # torchvision only when images are resized: importing it takes seconds
-        from torchvision.transforms.v2 import functional as TF
-
-        mode = TF.InterpolationMode(self.interpolation)
         if images.dtype != torch.uint8:
             images = to_uint8(images)
         if self.interpolation == "bicubic" or self._enlarges(*images.shape[-2:]):
             images = images.float().div_(255.0)
-        elif images.ndim == 4:
-            # torch's uint8 kernel works channels-last; a contiguous batch resized to 1 x 1
-            # trips an internal assertion of torch 2.x.
-            images = images.contiguous(memory_format=torch.channels_last)
         if self.resize_mode == "stretch":
-            images = TF.resize(images, list(self.size), interpolation=mode, antialias=True)
+            images = resize(images, self.size, self.interpolation)
         else:
-            images = TF.resize(images, [self._shorter_side()], interpolation=mode, antialias=True)
-            images = TF.center_crop(images, list(self.size))
+            height, width = images.shape[-2:]
+            images = resize(images, _shorter_side_to(height, width, self._shorter_side()), self.interpolation)
+            images = center_crop(images, self.size)
         if not images.is_floating_point():
             images = images.float().div_(255.0)
-        return TF.normalize(images, list(self.mean), list(self.std))
+        mean = torch.tensor(self.mean, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(-1, 1, 1)
+        return images.sub(mean).div_(std)
 
     def decode_size(self, height: int, width: int) -> tuple[int, int]:
         """The smallest ``(height, width)`` an image of this shape may be decoded at.
@@ -143,6 +139,69 @@ class Preprocessing:
                 f"{[f.name for f in dataclasses.fields(self)]}."
             )
         return dataclasses.replace(self, **changes)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """``images`` (``(..., C, H, W)``) resized to ``size``, as torchvision's ``resize`` with
+    ``antialias=True`` computes it (tests compare the two pixel for pixel), without importing
+    torchvision: that import alone took ~1.8 s of a one-query search.
+
+    uint8 images are resized by torch's native uint8 kernel where torchvision would use it
+    (bilinear on an AVX2/AVX-512 or Arm CPU), else as float32 and rounded back; an image
+    already of that size is returned as it is.
+    """
+    height, width = images.shape[-2:]
+    if (height, width) == tuple(size) or images.numel() == 0:
+        return images.reshape(*images.shape[:-2], *size) if images.numel() == 0 else images
+    smooth = interpolation in ("bilinear", "bicubic")
+    dtype = images.dtype
+    cast = dtype not in (torch.float32, torch.float64) and not (
+        interpolation == "nearest" or (interpolation == "bilinear" and _native_uint8_bilinear(images))
+    )
+    shape = images.shape
+    batch = images.reshape(-1, *shape[-3:])
+    if cast:
+        batch = batch.float()
+    elif batch.dtype == torch.uint8 and smooth:
+        # torch's uint8 kernel works channels-last; a contiguous batch resized to 1 x 1
+        # trips an internal assertion of torch 2.x.
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    batch = torch.nn.functional.interpolate(
+        batch, size=list(size), mode=interpolation, align_corners=False if smooth else None, antialias=smooth
+    )
+    if cast:
+        if interpolation == "bicubic" and dtype == torch.uint8:
+            batch = batch.clamp_(0, 255)
+        batch = batch.round_().to(dtype)
+    return batch.reshape(*shape[:-2], *size)
+
+
+def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre ``size`` of ``images``, zero-padded where it is larger, as torchvision's
+    ``center_crop``."""
+    crop_h, crop_w = size
+    height, width = images.shape[-2:]
+    if crop_h > height or crop_w > width:
+        pad_w, pad_h = max(crop_w - width, 0), max(crop_h - height, 0)
+        padding = (pad_w // 2, (pad_w + 1) // 2, pad_h // 2, (pad_h + 1) // 2)
+        images = torch.nn.functional.pad(images, padding, value=0.0)
+        height, width = images.shape[-2:]
+    top, left = int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
+    return images[..., top : top + crop_h, left : left + crop_w]
+
+
+def _shorter_side_to(height: int, width: int, shorter: int) -> tuple[int, int]:
+    """The size with the shorter side ``shorter`` and the aspect ratio kept (truncated, as
+    torchvision rounds a one-number resize)."""
+    if width <= height:
+        return int(shorter * height / width), shorter
+    return shorter, int(shorter * width / height)
+
+
+def _native_uint8_bilinear(images: torch.Tensor) -> bool:
+    if images.device.type != "cpu":
+        return False
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

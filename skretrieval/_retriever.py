@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -18,17 +20,27 @@ from ._open_set import OPEN_SET_CONSTRAINTS, fit_threshold
 from ._persistence import read_model
 from ._persistence import save as save_model
 from ._sklearn_compat import Interval, Options, StrOptions, TransformerTags, _fit_context
-from .io import to_unit_float
+from .io import list_image_files, to_unit_float
 from .io._inputs import _item_tensor
+from .io._stats import UNKNOWN, file_stats
 from .search import (
     PRECISIONS,
     SIMILARITY_NAMES,
+    STORAGE_DTYPES,
     SearchGallery,
     get_similarity,
     radius_search,
     resolve_precision,
     topk_search,
 )
+from .search._approximate import (
+    ALGORITHMS,
+    ApproximateIndex,
+    build_key,
+    check_algorithm,
+    resolve_params,
+)
+from .search._storage import to_storage
 from .training import TRAINING_CONSTRAINTS, FineTuneMixin
 
 
@@ -97,6 +109,35 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         error, which are re-scored in float32. ``"auto"`` uses bf16 on CUDA and on CPUs with
         bf16 matrix units (AMX-BF16, AVX512-BF16), fp32 otherwise; ``"fp16"`` needs a GPU.
         A callable ``similarity_fn`` always runs in fp32.
+    algorithm : {"brute", "ivf", "hnsw"}, default="brute"
+        How :meth:`kneighbors`, :meth:`search` and :meth:`predict` find the nearest gallery
+        items (scikit-learn's ``NearestNeighbors`` word). ``"brute"``: the exact blocked
+        search. ``"ivf"`` (faiss ``IndexIVFFlat``, an inverted file of ``nlist`` k-means cells
+        of which ``nprobe`` are searched per query) and ``"hnsw"`` (faiss ``IndexHNSWFlat``, a
+        navigable graph) are approximate: faster on large galleries, but a true neighbour may
+        be missed (then a less similar item takes its place, or the slot is ``-1`` /
+        ``-inf``). The rows found are scored exactly in float32, so their scores equal the
+        exact search's. They need faiss (``pip install "skretrieval[ann]"``; an ImportError
+        says so), run on the CPU in float32 whatever ``device`` and ``search_precision``, and
+        keep their own copy of the gallery (about its size again), built on the first query
+        and after ``add``, never pickled or saved. ``radius_neighbors``, ``find_duplicates``
+        and ``threshold="auto"`` always search exactly. A callable ``similarity_fn`` needs
+        ``"brute"``. See :doc:`/large_galleries`.
+    algorithm_params : dict, default=None
+        Options of ``algorithm``, each a positive int; None or a missing key: a default from
+        the gallery size. ``"ivf"``: ``nlist`` (default ``4 sqrt(n_gallery)``, at most
+        ``n_gallery / 39``), ``nprobe`` (default ``sqrt(nlist)``, at most ``nlist``; higher:
+        better recall, slower). ``"hnsw"``: ``M`` (graph links per item, default 32),
+        ``efConstruction`` (default 80), ``efSearch`` (default 64, at least ``2 k``; higher:
+        better recall, slower). Changing ``nprobe`` or ``efSearch`` does not rebuild the index.
+    gallery_dtype : {"float32", "float16"}, default="float32"
+        How ``prototype_`` is stored. ``"float16"`` halves the gallery's memory (and its
+        model file); magnitudes above 65504 raise a ``ValueError`` in ``fit``/``add``.
+        Search results are exact for the stored vectors: every block is upcast to float32
+        for the products and the re-scoring, never a whole copy (see
+        :doc:`/large_galleries` for the recall it costs against float32 storage). A
+        memory-mapped gallery (``fit`` of a :class:`numpy.memmap`, or
+        ``load(path, mmap=True)``) of this dtype stays on disk.
     head : {"linear", "arcface", "triplet", "supcon"}, nn.Module or None, default=None
         Fine-tune in ``fit`` (needs ``y`` with at least 2 classes). A projection maps encoder
         features to an embedding trained with this loss; retrieval, ``transform`` and
@@ -160,12 +201,20 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
 
     Attributes
     ----------
-    prototype_ : ndarray of shape (n_gallery, n_features), float32
-        The encoded gallery.
+    prototype_ : ndarray of shape (n_gallery, n_features), float32 or float16
+        The encoded gallery, in ``gallery_dtype``. Fitted on a memory-mapped array of that
+        dtype (``encoder="precomputed"``, no head), it is that array: kept on disk, and
+        searched block by block from the file (``np.load(path, mmap_mode="r")`` keeps a
+        ``.npy`` file on disk; a path is read into memory). ``add`` then copies it into
+        memory (the file is never written).
     prototype_labels_ : ndarray of shape (n_gallery,)
         Label of each gallery item: ``y``, the labels a Dataset yields, or ``arange(n)``.
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else ``arange(n)``.
+    prototype_file_stats_ : ndarray of shape (n_gallery, 2), int64
+        Size in bytes and modification time (``st_mtime_ns``) of each gallery file when it
+        was encoded, which :meth:`update` compares; ``-1`` for items that are no file, or
+        were modified within 2 s of being encoded. Only when some item came from a file.
     skipped_ : list of tuple
         ``(index in X, path, reason)`` of each image file ``fit`` left out
         (``on_error="skip"``/``"warn"``); empty otherwise.
@@ -222,6 +271,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         "vote": [StrOptions({"uniform", "similarity"}), callable],
         "working_memory": [None, Interval(Real, 0, None, closed="neither")],
         "search_precision": [StrOptions(set(PRECISIONS))],
+        "algorithm": [StrOptions(set(ALGORITHMS))],
+        "algorithm_params": [None, dict],
+        "gallery_dtype": [StrOptions(set(STORAGE_DTYPES))],
         **OPEN_SET_CONSTRAINTS,
         **TRAINING_CONSTRAINTS,
     }
@@ -238,6 +290,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         false_match_rate=0.05,
         working_memory=None,
         search_precision="auto",
+        algorithm="brute",
+        algorithm_params=None,
+        gallery_dtype="float32",
         head=None,
         head_params=None,
         embedding_dim=None,
@@ -267,6 +322,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self.false_match_rate = false_match_rate
         self.working_memory = working_memory
         self.search_precision = search_precision
+        self.algorithm = algorithm
+        self.algorithm_params = algorithm_params
+        self.gallery_dtype = gallery_dtype
         self.head = head
         self.head_params = head_params
         self.embedding_dim = embedding_dim
@@ -308,6 +366,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self : ImageRetriever
         """
         self._options._validate_params()  # the encoding options, as ImageEncoder declares them
+        check_algorithm(self.algorithm, self.algorithm_params, get_similarity(self.similarity_fn))
         warm = self._check_training()
         if not warm:
             self._fit_encoder()
@@ -315,13 +374,17 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
             self._fit_embedding_images(X, y, warm)  # trains encoder_ and projection_
         # A head trains on float32 features from the eager encoder, whatever the settings
         # (fit's promise of reproducible training); queries may run faster.
+        started = time.time_ns()
         features, labels, ids, self.skipped_ = self._encode_input(X, reset=True, exact=self.head is not None)
         n = len(features)
         if y is not None:
             labels = _aligned_labels(y, n, self.skipped_)
         self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
-        self.prototype_ = self._embed(features)
+        self.prototype_ = to_storage(self._embed(features), self.gallery_dtype)
+        resolve_params(self.algorithm, self.algorithm_params, n)  # an nlist the gallery can hold
         self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
+        self.__dict__.pop("prototype_file_stats_", None)
+        self._extend_file_stats(0, file_stats(ids, changed_since_ns=started))
         self._search_cache = _SearchCache()  # filled by the first query
         self.threshold_ = fit_threshold(
             self.threshold, self.false_match_rate, self._search_rows, self.prototype_labels_
@@ -343,8 +406,9 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Returns
         -------
         features : ndarray of shape (n_gallery, n_features), float32
+            The stored gallery (with ``gallery_dtype="float16"``, its float16 values).
         """
-        return self.fit(X, y).prototype_.copy()
+        return np.array(self.fit(X, y).prototype_, dtype=np.float32)
 
     def dump_prototype(self, path):
         """Write the gallery features, labels and ids to ``path`` (``fit`` accepts the file).
@@ -377,6 +441,107 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         else:
             raise ValueError(f"dump_prototype path must end in .pt, .npz or .npy; got {str(path)!r}.")
         return path
+
+    def update(self, X, y=None):
+        """Make the gallery the image files ``X``, encoding only the files new or changed.
+
+        A file is unchanged when its path, size and modification time (``st_mtime_ns``)
+        equal those recorded when it was encoded (``prototype_file_stats_``): its row is
+        kept as it is, not read again. Every other file of ``X`` is encoded; gallery items
+        that are not among ``X`` (deleted files, items that were not files) are dropped.
+        No content hash is computed: that would read every file. So a file rewritten with
+        its old size and modification time restored (``cp -p`` of an other version of the
+        same size) is not seen; fit anew then. A model without recorded file stats (saved
+        before skretrieval recorded them, or fitted on other inputs) has every file
+        encoded again.
+
+        Parameters
+        ----------
+        X : str, path-like or list of them
+            A folder (its image files, as :meth:`fit` reads it) or a list of image files.
+        y : array-like of shape (n_files,), default=None
+            Labels of every file of ``X`` (e.g. from :func:`skretrieval.io.list_labelled_images`);
+            needed when the gallery has labels.
+
+        Returns
+        -------
+        self : ImageRetriever
+            Equal to ``fit(X, y)`` with this retriever's encoder and head (rows in the order
+            of ``X``; ``skipped_`` lists the unreadable files of ``X`` encoded now), except
+            that ``threshold_`` is kept as it is, as in :meth:`add`. With ``verbose``, the
+            counts of unchanged, encoded and dropped items are printed on stderr first.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from skretrieval import ImageEncoder, ImageRetriever
+        >>> folder = tempfile.mkdtemp()
+        >>> for name, value in [("a.png", 0), ("b.png", 128)]:
+        ...     Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(os.path.join(folder, name))
+        ...     os.utime(os.path.join(folder, name), (1e9, 1e9))  # written long before the fit
+        >>> encoder = ImageEncoder(lambda x: x.mean(dim=(2, 3)), preprocessing={"size": 8}, device="cpu")
+        >>> retriever = ImageRetriever(encoder, topk=1).fit(folder)
+        >>> os.remove(os.path.join(folder, "a.png"))
+        >>> Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(os.path.join(folder, "c.png"))
+        >>> [os.path.basename(p) for p in retriever.update(folder).prototype_ids_]  # c.png encoded
+        ['b.png', 'c.png']
+        """
+        check_is_fitted(self)
+        started = time.time_ns()
+        files = _update_files(X)
+        labels = None if y is None else _aligned_labels(y, len(files), [])
+        if labels is None and not np.array_equal(self.prototype_labels_, np.arange(self._n_gallery())):
+            raise ValueError(
+                "the gallery was fitted with labels, so update needs the labels of the files "
+                "too (update(X, y); skretrieval.io.list_labelled_images returns both)."
+            )
+        # Stats taken before the files are read: a file written meanwhile differs next time.
+        stats = file_stats(files, changed_since_ns=started)
+        stats = np.full((len(files), 2), UNKNOWN, np.int64) if stats is None else stats
+        rows = self._unchanged_rows(files, stats)
+        encode = np.flatnonzero(rows < 0)
+        if self.verbose:
+            print(
+                f"update: {len(files) - len(encode)} files unchanged, {len(encode)} to encode (new or "
+                f"changed), {self._n_gallery() - len(np.unique(rows[rows >= 0]))} gallery items dropped",
+                file=sys.stderr,
+            )
+        features, skipped = np.empty((0, self._n_features()), np.float32), []
+        if len(encode):
+            features, _, _, skipped = self._encode_items([files[i] for i in encode])
+        kept = np.setdiff1d(np.arange(len(files)), encode[[index for index, _, _ in skipped]])
+        if not len(kept):
+            raise ValueError(
+                f"update found no readable image file in {_described(X)} ({len(skipped)} unreadable); "
+                "the gallery cannot be empty, so it was left as it was."
+            )
+        gallery = np.empty((len(kept), self._n_features()), np.float32)
+        from_gallery = rows[kept] >= 0
+        gallery[from_gallery] = self.prototype_[rows[kept][from_gallery]]
+        gallery[~from_gallery] = features
+        self.prototype_ = gallery
+        for stale in ("_gallery_source", "n_features_in_"):  # a gallery of files, as fit(X) leaves it
+            self.__dict__.pop(stale, None)
+        names = np.asarray(files)[kept]
+        self._set_gallery(np.arange(len(kept)) if labels is None else labels[kept], names)
+        self.prototype_file_stats_ = stats[kept]
+        self.skipped_ = [(int(encode[index]), path, reason) for index, path, reason in skipped]
+        return self
+
+    def _unchanged_rows(self, files: list, stats: np.ndarray) -> np.ndarray:
+        """The gallery row of each file that is unchanged since it was encoded; -1 for the others."""
+        recorded = getattr(self, "prototype_file_stats_", None)
+        rows = np.full(len(files), -1, np.int64)
+        if recorded is None:
+            return rows
+        known = {path: row for row, path in enumerate(self.prototype_ids_.tolist()) if isinstance(path, str)}
+        rows[:] = [known.get(path, -1) for path in files]
+        found = rows >= 0
+        same = (recorded[rows[found]] == stats[found]).all(axis=1) & (stats[found, 0] != UNKNOWN)
+        rows[np.flatnonzero(found)[~same]] = -1
+        return rows
 
     def save(self, path):
         """Write the fitted retriever to ``path`` safely: JSON, safetensors, ``.npy``, no pickle.
@@ -438,6 +603,14 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         return self.prototype_.shape[1]
 
     def _gallery_topk(self, queries, k: int):
+        if self.algorithm != "brute":
+            return self._approximate_index().search(
+                self.prototype_ if queries is None else queries, k, exclude_self=queries is None,
+                params=self.algorithm_params, working_memory=self.working_memory,
+            )
+        return self._exact_topk(queries, k)
+
+    def _exact_topk(self, queries, k: int):
         return topk_search(
             self.prototype_ if queries is None else queries,
             self._search_gallery(),
@@ -459,16 +632,24 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         )
 
     def _search_rows(self, rows: np.ndarray, k: int):
-        # gallery rows as ordinary queries: k may reach the whole gallery (threshold="auto")
-        return self._search(self.prototype_[rows], k)
+        # gallery rows as ordinary queries: k may reach the whole gallery (threshold="auto"),
+        # which only the exact search answers in full, whatever the algorithm
+        return self._exact_topk(self.prototype_[rows], k)
 
     def _append_gallery(self, features: np.ndarray) -> None:
-        self.prototype_ = np.concatenate([self.prototype_, features])
+        # A memory-mapped gallery is copied into memory: its file (a model file, or the
+        # user's features) is never written.
+        self.prototype_ = np.concatenate([self.prototype_, to_storage(features, self.gallery_dtype)])
         # In-memory gallery images are kept by reference to what fit got; added ones are not.
         self.__dict__.pop("_gallery_source", None)
 
+    def _remove_gallery(self, rows: np.ndarray) -> None:
+        self.prototype_ = np.delete(self.prototype_, rows, axis=0)
+        self.__dict__.pop("_gallery_source", None)  # its items no longer match the rows
+
     def _search_gallery(self) -> SearchGallery:
-        """The gallery prepared for search, resident on ``device_`` in the search dtype.
+        """The gallery prepared for search: resident on ``device_`` in the search dtype, or
+        streamed from its float16 or memory-mapped storage.
 
         Built on first use and kept until the prototype, similarity, precision or device
         changes; never pickled.
@@ -481,6 +662,21 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
             cache.gallery = SearchGallery(self.prototype_, similarity, dtype, self.device_)
             cache.prototype, cache.key = self.prototype_, key
         return cache.gallery
+
+    def _approximate_index(self):
+        """The faiss index of ``prototype_`` for ``algorithm`` (see ``_search_gallery``).
+
+        Built on the first query and kept, like the exact search's gallery, until the
+        prototype, similarity or an option the index is built with changes; never pickled.
+        """
+        similarity = get_similarity(self.similarity_fn)
+        key = (repr(similarity), build_key(self.algorithm, self.algorithm_params))
+        cache = self.__dict__.setdefault("_search_cache", _SearchCache())
+        prototype, built_key, index = cache.approximate or (None, None, None)
+        if prototype is not self.prototype_ or built_key != key:
+            index = ApproximateIndex(self.prototype_, similarity, self.algorithm, self.algorithm_params)
+            cache.approximate = (self.prototype_, key, index)
+        return index
 
     def _gallery_image(self, i: int) -> np.ndarray:
         """Gallery item ``i`` as an ``(H, W, 3)`` float array in [0, 1], read from its source.
@@ -514,7 +710,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
 
 
 
-def load(path, *, encoder=None, head=None, device=None):
+def load(path, *, encoder=None, head=None, device=None, mmap=False):
     """Load a model written by :meth:`ImageRetriever.save`, without unpickling anything.
 
     The file is checked before any of it is read: only the entries ``save`` writes, each
@@ -537,6 +733,13 @@ def load(path, *, encoder=None, head=None, device=None):
     device : str or torch.device, default=None
         Where to run; None keeps the saved ``device`` parameter, falling back to the CPU
         when it names a GPU this machine lacks.
+    mmap : bool, default=False
+        Open the gallery (``prototype_``) memory-mapped in the file instead of reading it:
+        loading then reads only the header and the labels, and searches stream the gallery
+        from the file in blocks, so resident memory stays within ``working_memory`` and not
+        the gallery's size (see :doc:`/large_galleries`). The file must stay in place and
+        unchanged while the model is used; the gallery's checksum is not verified (its
+        size and layout are, as without ``mmap``).
 
     Returns
     -------
@@ -561,7 +764,7 @@ def load(path, *, encoder=None, head=None, device=None):
     >>> skretrieval.load(path).predict([[0.9, 0.1]])
     array(['a'], dtype='<U1')
     """
-    return read_model(path, ImageRetriever, encoder=encoder, head=head, device=device)
+    return read_model(path, ImageRetriever, encoder=encoder, head=head, device=device, mmap=mmap)
 
 
 class _SearchCache:
@@ -572,6 +775,21 @@ class _SearchCache:
     """
 
     prototype = key = gallery = None
+    approximate = None  # (prototype, key, ApproximateIndex) of algorithm="ivf" / "hnsw"
+
+
+def _update_files(X) -> list[str]:
+    """The image files ``update`` makes the gallery of: a folder's, or those listed."""
+    if isinstance(X, (str, os.PathLike)) and os.path.isdir(X):
+        return list_image_files(X)
+    if isinstance(X, (list, tuple)) and all(isinstance(x, (str, os.PathLike)) for x in X):
+        return [os.fspath(x) for x in X]
+    what = f"{os.fspath(X)!r}, which is not a folder" if isinstance(X, (str, os.PathLike)) else type(X).__name__
+    raise ValueError(f"update takes a folder or a list of image file paths; got {what}.")
+
+
+def _described(X) -> str:
+    return repr(os.fspath(X)) if isinstance(X, (str, os.PathLike)) else f"the {len(X)} files given"
 
 
 def _savable(values: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The ``skretrieval`` command line: a thin argparse front end over the public API.
 
-Commands: ``demo``, ``index`` (encode a folder into a model file), ``search`` (query it),
+Commands: ``demo``, ``index`` (encode a folder into a model file; ``--update`` encodes
+only what changed since), ``search`` (query it),
 ``evaluate`` (retrieval metrics of labelled queries) and ``duplicates`` (near-identical
 images in a folder, or of a folder against a model's gallery). Results go to stdout, progress, warnings and errors to stderr. Exit
 codes: 0 success, 1 failure (missing file, unreadable image with ``--on-error raise``, ...),
@@ -174,17 +175,19 @@ def _check_writable(path: str, option: str) -> None:
     if not folder.is_dir():
         raise FileNotFoundError(f"{option} {path!r}: folder {str(folder)!r} does not exist; create it first.")
     try:
-        if target.exists():
-            with open(target, "ab"):  # opened to append, not truncated: the file stays as it is
-                pass
-        else:
-            with tempfile.TemporaryFile(dir=folder):  # the only sure test (ACLs, read-only mounts, root)
-                pass
+        # The save writes a new file in the folder and renames it over the old one: a file
+        # made there is the only sure test (ACLs, read-only mounts, root).
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as exc:
         raise PermissionError(f"{option} {path!r} cannot be written: {exc.strerror or exc}.") from None
 
 
 def _index(args) -> int:
+    if args.update is not None:
+        return _update(args)
+    if args.output is None:
+        raise _UsageError("give the model file to write, -o/--output MODEL (or --update MODEL to update one).")
     _check_writable(args.output, "-o/--output")
     retriever = _fit(args, args.gallery_dir)
     # --on-error applied to reading this gallery; the model file queries as any other
@@ -199,6 +202,53 @@ def _index(args) -> int:
         f" -> {args.output}"
     )
     return 0
+
+
+# index options that decide the features: --update encodes with the model's own
+_FEATURE_OPTIONS = ("encoder", "weights", "image_size", "compile", "precision", "head", "fine_tune", "max_epochs", "random_state")
+
+
+def _update(args) -> int:
+    """``index --update MODEL GALLERY_DIR``: encode only new and changed files (ImageRetriever.update).
+
+    The model's encoder and options encode; ``--batch-size``, ``--n-jobs``, ``--device``
+    and ``--on-error`` only change how. The new model replaces the old one atomically
+    (the save writes a new file, then renames it), so an interrupted update leaves it as it was.
+    """
+    from . import load
+
+    parser = command_parsers()["index"]
+    given = [name for name in _FEATURE_OPTIONS if getattr(args, name) != parser.get_default(name)]
+    if given or args.labels_from_folders:
+        options = ", ".join(_option_name(parser, name) for name in given or ["labels_from_folders"])
+        raise _UsageError(
+            f"--update encodes with the model's own encoder, options and labels; leave out {options}"
+            " (index the folder anew to change them)."
+        )
+    output = args.output or args.update
+    if not Path(args.update).is_file():
+        raise FileNotFoundError(f"model file {args.update!r} (--update) does not exist; create it with `skretrieval index`.")
+    if not Path(args.gallery_dir).is_dir():
+        raise FileNotFoundError(f"{args.gallery_dir!r} is not a folder; give the folder of gallery images.")
+    _check_writable(output, "-o/--output" if args.output else "--update")
+    retriever = load(args.update, device=None if args.device == parser.get_default("device") else args.device)
+    labelled = _has_labels(retriever)  # labels follow the model: from the folders if it has them
+    files, labels = _labelled_image_files(args.gallery_dir) if labelled else (_image_files([args.gallery_dir]), None)
+    speed = {name: getattr(args, name) for name in ("batch_size", "n_jobs") if getattr(args, name) != parser.get_default(name)}
+    _set_encoding(retriever, on_error=_estimator_on_error(args), **speed)
+    retriever.set_params(verbose=1)
+    retriever.update(files, labels)
+    _report_skipped(args, [reason for _, _, reason in retriever.skipped_], len(files))
+    _set_encoding(retriever, on_error="raise")
+    retriever.save(output)
+    labels = f", {len(retriever.classes_)} labels" if labelled else ""
+    skipped = f", {len(retriever.skipped_)} skipped" if retriever.skipped_ else ""
+    print(f"updated {len(retriever.prototype_)} images ({retriever.prototype_.shape[1]}-d{labels}{skipped}) -> {output}")
+    return 0
+
+
+def _option_name(parser, dest: str) -> str:
+    return next("/".join(a.option_strings) for a in parser._actions if a.dest == dest)
 
 
 def _has_labels(retriever) -> bool:
@@ -539,7 +589,8 @@ def _encoder_options(parser) -> None:
     )
     parser.add_argument(
         "--compile", choices=COMPILE_MODES, default="auto",
-        help="how the encoder runs: frozen TorchScript, torch.compile (inductor) or eager (off) "
+        help="how the encoder runs: auto (ONNX Runtime on CPUs where the model exports, else "
+        "torch), onnx, frozen TorchScript, torch.compile (inductor) or eager (off) "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -630,10 +681,20 @@ def build_parser() -> argparse.ArgumentParser:
     index = commands.add_parser(
         "index", help="Encode a folder of images into a model file.",
         description="Encode every image below GALLERY_DIR (recursively: jpg, png, webp, bmp, tiff, "
-        "...) and write the fitted retriever to a model file.",
+        "...) and write the fitted retriever to a model file. With --update MODEL, only the "
+        "images new or changed since MODEL was written are encoded.",
     )
     index.add_argument("gallery_dir", metavar="GALLERY_DIR", help="folder of gallery images")
-    index.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write, e.g. model.skr")
+    index.add_argument(
+        "-o", "--output", metavar="MODEL",
+        help="model file to write, e.g. model.skr (required, unless --update: then MODEL itself)",
+    )
+    index.add_argument(
+        "--update", metavar="MODEL",
+        help="update this model file to GALLERY_DIR: encode only the files new or changed since "
+        "(path, size and modification time), drop the deleted ones, with the model's encoder; "
+        "MODEL is replaced only once the new one is written",
+    )
     index.add_argument(
         "--labels-from-folders", action="store_true",
         help="label each image by its class folder, the first folder under GALLERY_DIR "

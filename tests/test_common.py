@@ -33,6 +33,8 @@ def _expected_failed_checks(estimator):
             ImageEncoder("precomputed", device="cpu"),
             head="linear", max_epochs=3, random_state=0,
         ),
+        # Approximate search (faiss's graph index) behind the same estimator API.
+        ImageRetriever(ImageEncoder("precomputed", device="cpu"), algorithm="hnsw"),
         # With an image encoder, 2-D inputs are features: the checks exercise that reading rule.
         ImageEncoder(_POOL, device="cpu"),
     ],

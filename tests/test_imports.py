@@ -95,7 +95,7 @@ def test_cycle_finder_finds_a_cycle():
 
 
 def _loaded_after(code: str) -> set[str]:
-    heavy = ("torch", "torchvision", "sklearn", "matplotlib", "onnxruntime", "dask")
+    heavy = ("torch", "torchvision", "sklearn", "matplotlib", "onnxruntime", "dask", "faiss")
     script = f"import sys\n{code}\nprint(' '.join(m for m in {heavy!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(result.stdout.split())
@@ -111,4 +111,4 @@ def test_the_estimators_load_without_torchvision_or_matplotlib():
         "import skretrieval.metrics, skretrieval.plotting, skretrieval.search"
     )
     assert {"torch", "sklearn"} <= loaded
-    assert not loaded & {"torchvision", "matplotlib", "onnxruntime", "dask"}
+    assert not loaded & {"torchvision", "matplotlib", "onnxruntime", "dask", "faiss"}

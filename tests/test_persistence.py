@@ -356,9 +356,10 @@ def _safetensors_header_edit(data: bytes, edit) -> bytes:
 def test_damaged_archives_are_refused_with_the_reason(tmp_path, mutate, reason):
     path, contents = _valid_file(tmp_path)
     model_files.rewrite(path, mutate(contents))
-    with pytest.raises(skretrieval.FileFormatError, match=reason) as info:
-        load(path, encoder=TinyEncoder())
-    assert "\n" not in str(info.value) and "is not a skretrieval model file or is damaged: " in str(info.value)
+    for mmap in (False, True):  # a memory-mapped gallery's file is checked alike
+        with pytest.raises(skretrieval.FileFormatError, match=reason) as info:
+            load(path, encoder=TinyEncoder(), mmap=mmap)
+        assert "\n" not in str(info.value) and "is not a skretrieval model file or is damaged: " in str(info.value)
 
 
 def test_compressed_encrypted_truncated_and_zip64_files(tmp_path):
@@ -367,7 +368,9 @@ def test_compressed_encrypted_truncated_and_zip64_files(tmp_path):
     with pytest.raises(skretrieval.FileFormatError, match="entry 'classes_.npy' is compressed"):
         load(path, encoder=TinyEncoder())
     model_files.rewrite(path, contents, zip64=set(contents))  # zip64 records: still the same model
-    np.testing.assert_array_equal(load(path, encoder=TinyEncoder()).kneighbors(QUERIES)[1], _fitted().kneighbors(QUERIES)[1])
+    for mmap in (False, True):  # mapped past the zip64 extra field of the local header
+        loaded = load(path, encoder=TinyEncoder(), mmap=mmap)
+        np.testing.assert_array_equal(loaded.kneighbors(QUERIES)[1], _fitted().kneighbors(QUERIES)[1])
     data = bytearray((tmp_path / "model.skr").read_bytes())
     directory = data.rindex(b"PK\x01\x02")  # the last central directory record: set "encrypted"
     data[directory + 8] |= 1
@@ -378,8 +381,9 @@ def test_compressed_encrypted_truncated_and_zip64_files(tmp_path):
     whole = path.read_bytes()
     for cut in (len(whole) // 2, len(whole) - 30):
         (tmp_path / "cut.skr").write_bytes(whole[:cut] + whole[-22:])  # the end record kept
-        with pytest.raises(skretrieval.FileFormatError, match="past the end of the file|overlaps|Bad"):
-            load(tmp_path / "cut.skr", encoder=TinyEncoder())
+        for mmap in (False, True):
+            with pytest.raises(skretrieval.FileFormatError, match="past the end of the file|overlaps|Bad"):
+                load(tmp_path / "cut.skr", encoder=TinyEncoder(), mmap=mmap)
 
 
 _PEAK = """
@@ -413,3 +417,95 @@ def test_deflate_bomb_is_refused_in_bounded_memory(tmp_path):
     message, peak_kib = result.stdout.splitlines()
     assert "entry 'arrays.safetensors' is compressed" in message
     assert int(peak_kib) < PEAK_BOUND_MIB << 10
+
+
+# -- atomic writes: a save never leaves a half-written file in place of the previous one --
+
+
+def test_failed_save_leaves_the_previous_file_as_it_was(tmp_path):
+    path = _fitted().save(tmp_path / "model.skr")
+    before = path.read_bytes()
+    broken = _fitted()
+    broken.prototype_ids_ = np.array(["a.png", *range(11)], dtype=object)  # refused mid-write
+    with pytest.raises(ValueError, match="mixed types"):
+        broken.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.skr"]  # the new file is removed
+
+
+KILLED_SAVE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import numpy as np
+from helpers import TinyEncoder
+from skretrieval import ImageEncoder, ImageRetriever
+
+class SlowToSave(TinyEncoder):  # the save asks for its weights after writing the gallery
+    def state_dict(self, *args, **kwargs):
+        print("writing", flush=True)
+        time.sleep(60)
+
+model = ImageRetriever(ImageEncoder(SlowToSave(), device="cpu")).fit(np.ones((5, 11)))
+model.save({path!r})
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
+def test_killed_save_leaves_the_previous_file_loadable(tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    model = _fitted()
+    path = model.save(tmp_path / "model.skr")
+    before = path.read_bytes()
+    script = tmp_path / "save.py"
+    script.write_text(KILLED_SAVE.format(tests=str(Path(__file__).parent), path=str(path)))
+    job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert job.stdout.readline().strip() == "writing"  # meta, gallery and arrays are written
+    partial = [p for p in tmp_path.iterdir() if p.name.startswith(".model.skr.")]
+    assert len(partial) == 1 and partial[0].stat().st_size > 0  # beside the old file, not over it
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    assert path.read_bytes() == before
+    np.testing.assert_array_equal(load(path, encoder=TinyEncoder()).kneighbors(QUERIES)[1], model.kneighbors(QUERIES)[1])
+
+
+def test_save_keeps_permissions_and_writes_through_a_symbolic_link(tmp_path):
+    import os
+
+    path = _fitted().save(tmp_path / "model.skr")
+    path.chmod(0o640)
+    link = tmp_path / "current.skr"
+    link.symlink_to(path.name)
+    model = _fitted(topk=2)
+    assert model.save(link) == link
+    assert link.is_symlink() and os.readlink(link) == path.name  # the link stays a link
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert load(path, encoder=TinyEncoder()).topk == 2
+    fresh = _fitted().save(tmp_path / "new.skr")  # a new file: the mode the umask gives
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_file_stats_round_trip_and_are_checked(tmp_path):
+    from PIL import Image
+
+    files = []
+    for i in range(4):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((10, 10, 3), 60 * i, np.uint8)).save(files[-1])
+    encoding = ImageEncoder(TinyEncoder(), preprocessing={"size": 8}, device="cpu")
+    model = ImageRetriever(encoding, topk=1).fit(files)
+    path = model.save(tmp_path / "model.skr")
+    loaded = load(path, encoder=TinyEncoder())
+    np.testing.assert_array_equal(loaded.prototype_file_stats_, model.prototype_file_stats_)
+    assert loaded.prototype_file_stats_.dtype == np.int64
+    contents = model_files.entries(path)
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((3, 2), np.int64))
+    model_files.rewrite(path, {**contents, "prototype_file_stats_.npy": buffer.getvalue()})
+    with pytest.raises(skretrieval.FileFormatError, match=r"prototype_file_stats_ is int64\[3, 2\], not int64 \[4, 2\]"):
+        load(path, encoder=TinyEncoder())
+    assert not hasattr(_fitted(), "prototype_file_stats_")  # a gallery of no files has none

@@ -53,7 +53,7 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
     single-machine search engine (:func:`skretrieval.search.topk_search`) finds the local
     top-k; the local lists are merged pairwise in a tree (score descending, ties to the lower
     gallery index), so results are identical to the single-machine retriever's. Everything
-    else (labels, ``add``, unreadable queries, the vote, radius queries and graphs) is
+    else (labels, ``add``, ``remove``, unreadable queries, the vote, radius queries and graphs) is
     :class:`~skretrieval.ImageRetriever`'s own code. Queries are encoded on the client with
     the fitted retriever; encode large query sets with :func:`skretrieval.dask.encode` (the
     retriever's ``transform``) and pass the result with ``embedded=True``.
@@ -84,6 +84,8 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
     prototype_labels_ : ndarray of shape (n_gallery,)
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else its row.
+    prototype_file_stats_ : ndarray of shape (n_gallery, 2), int64
+        As :class:`~skretrieval.ImageRetriever`'s (only when some item came from a file).
     skipped_ : list of tuple
         ``(index in X, path, reason)`` of each unreadable image file left out by ``fit``
         and ``add``.
@@ -193,6 +195,8 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
         self.shards_, self.shard_offsets_ = [], np.zeros(1, np.int64)
         self._append_gallery(features)
         self._set_gallery(retriever.prototype_labels_, retriever.prototype_ids_)
+        if hasattr(retriever, "prototype_file_stats_"):
+            self.prototype_file_stats_ = retriever.prototype_file_stats_
         self.threshold_ = retriever.threshold_  # kept by add/partial_fit, as ImageRetriever.add
         self.skipped_ = list(getattr(retriever, "skipped_", []))
         return self
@@ -237,6 +241,28 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
         bounds = np.linspace(0, n, self._n_blocks(n) + 1).astype(np.int64)
         self.shards_ = self.shards_ + self._scatter(features, bounds)
         self.shard_offsets_ = np.concatenate([self.shard_offsets_, n0 + bounds[1:]])
+
+    def _remove_gallery(self, rows: np.ndarray) -> None:
+        """Each shard drops its rows on its own worker; emptied shards are dropped too."""
+        from distributed import wait
+
+        client, shards, sizes, changed = self._client, [], [], []
+        self._check_shards()
+        for shard, start, stop in zip(self.shards_, self.shard_offsets_[:-1], self.shard_offsets_[1:]):
+            local = rows[(rows >= start) & (rows < stop)] - start
+            if len(local) == stop - start:
+                continue
+            if len(local):
+                where = client.who_has([shard])[shard.key]
+                shard = client.submit(np.delete, shard, local, axis=0, workers=list(where), pure=False)
+                changed.append(shard)
+            shards.append(shard)
+            sizes.append(int(stop - start - len(local)))
+        wait(changed)  # finished before any query checks the shards
+        if changed and self.replicas > 1:
+            client.replicate(changed, n=self.replicas)
+        self.shards_ = shards
+        self.shard_offsets_ = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
     def _n_blocks(self, n):
         workers = len(self._client.nthreads())

@@ -278,6 +278,70 @@ def read_safetensors(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind
     return arrays
 
 
+def map_safetensors(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind: str) -> dict:
+    """``{name: (read-only memory-mapped array, dtype name)}`` of a safetensors entry.
+
+    Its header is checked as :func:`read_safetensors` checks it, and the entry's place in
+    the file is read from its local zip header; no tensor data is read (nor its CRC checked).
+    """
+    with refusing(path, kind, info.filename):
+        with archive.open(info) as file:
+            length = int.from_bytes(file.read(8), "little")
+        with archive.open(info) as file:
+            tensors = safetensors_header(file, info.file_size, path, kind, info.filename)
+        start = entry_data_offset(path, info, kind) + 8 + length
+        arrays, offset = {}, start
+        for name, dtype, shape, n_bytes in tensors:  # in data order, contiguous (checked)
+            numpy_dtype = np.dtype(SAFETENSORS_DTYPES[dtype]).newbyteorder("<")
+            if n_bytes:
+                array = np.memmap(path, dtype=numpy_dtype, mode="r", offset=offset, shape=shape)
+            else:
+                array = np.empty(shape, numpy_dtype)
+            arrays[name] = (array, dtype)
+            offset += n_bytes
+    return arrays
+
+
+def entry_data_offset(path, info: zipfile.ZipInfo, kind: str) -> int:
+    """Where an uncompressed entry's data starts in the file (after its local header),
+    checked to lie, with the whole entry, inside the file."""
+    local = struct.Struct("<4s22x2H")  # signature, then the name and extra-field lengths
+    with open(path, "rb") as file:
+        file.seek(info.header_offset)
+        signature, name_length, extra_length = local.unpack(file.read(local.size))
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+    start = info.header_offset + local.size + name_length + extra_length
+    if signature != b"PK\x03\x04" or start + info.file_size > size:
+        raise FileFormatError(path, kind, f"entry {info.filename!r} has a damaged local header or lies past the end")
+    return start
+
+
+def write_safetensors(file, arrays: dict) -> None:
+    """Write ``arrays`` (name -> C-ordered numpy array) to ``file`` as safetensors, in blocks.
+
+    2-D arrays are written a block of rows at a time (memory-mapped ones read from their
+    file, see :func:`skretrieval.search._storage.read_blocks`), so saving a gallery larger
+    than memory needs no copy of it.
+    """
+    from ..search._storage import read_blocks
+
+    names = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items() if k != "BF16"}
+    header, offset = {}, 0
+    for name, array in arrays.items():
+        n_bytes = array.size * array.dtype.itemsize
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape), "data_offsets": [offset, offset + n_bytes]}
+        offset += n_bytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors aligns the data to 8 bytes
+    file.write(len(text).to_bytes(8, "little") + text)
+    for array in arrays.values():
+        little = array.dtype.newbyteorder("<")
+        blocks = read_blocks(array) if array.ndim == 2 else [(0, array)]
+        for _, block in blocks:
+            file.write(memoryview(np.ascontiguousarray(block, dtype=little)).cast("B"))
+
+
 def _read_into(file, view: memoryview, path, kind: str, what: str) -> None:
     """Fill ``view`` from ``file`` in chunks (``readinto`` of a zip entry would copy it whole)."""
     position = 0

@@ -10,7 +10,9 @@ from ._gallery import (
     exact_scores,
     mask_self,
     prepare_search,
+    query_blocks,
     score_block,
+    score_buffer,
 )
 from ._similarity import Similarity
 
@@ -61,32 +63,28 @@ def radius_search(
     >>> indices[0]
     array([0, 1])
     """
-    gallery, q, query_block, gallery_block = prepare_search(
+    gallery, n_queries, query_block, gallery_block = prepare_search(
         queries, gallery, similarity, dtype, device, working_memory
     )
-    n_queries = len(q)
     # The smallest score within the radius, nudged down one float32 step: the exact
     # distance test below decides; this only has to keep every pair that could pass.
     min_score = float(np.nextafter(np.float32(similarity.from_distance(np.float32(radius))), -np.inf))
     rows_all, cols_all, scores_all = [], [], []
-    # One score buffer for every block. A block allocated and freed each time let glibc
-    # (whose mmap threshold rises to the block's size after the first free) take the next
-    # one from a heap where the pairs kept so far split the freed space: memory grew by up
-    # to ~1 MB per block, 22 GB for a million images against themselves.
-    buffer = torch.empty(query_block * gallery_block, dtype=gallery.low.dtype, device=gallery.device)
-    for q0 in range(0, n_queries, query_block):
-        qb = q[q0 : q0 + query_block]
+    # One score buffer for the whole search, and a query block's pairs joined: a buffer per
+    # query block, or three small tensors kept per score block, let glibc (whose mmap
+    # threshold rises to a freed block's size) serve the next block from a heap the kept
+    # pairs had split: a million images against themselves grew to 22 GB (OOM-killed).
+    buffer = score_buffer(gallery, min(query_block, n_queries), gallery_block)
+    for q0, qb in query_blocks(queries, gallery, query_block):
         exact_threshold = similarity.proxy_threshold(
-            torch.full((len(qb),), min_score, device=q.device), (qb * qb).sum(dim=1)
+            torch.full((len(qb),), min_score, device=qb.device), (qb * qb).sum(dim=1)
         )
         threshold = gallery.lower(exact_threshold, gallery.margin(qb))
         qb_low = qb.to(gallery.dtype)
-        # A query block's pairs are joined: three tensors per query block stay alive, not
-        # three per score block (720,000 small tensors for a million images).
         rows_block, cols_block, scores_block = [], [], []
-        for g0 in range(0, gallery.n_gallery, gallery_block):
-            g1 = min(g0 + gallery_block, gallery.n_gallery)
-            scores = score_block(gallery, qb_low, g0, g1, buffer)
+        for g0, exact, low in gallery.blocks(gallery_block):
+            out = None if buffer is None else buffer[: len(qb) * len(low)].view(len(qb), len(low))
+            scores = score_block(gallery, qb_low, g0, low, out)
             if exclude_self:
                 mask_self(scores, q0, g0)
             rows, cols = candidates(scores, threshold)
@@ -94,7 +92,7 @@ def radius_search(
             if exclude_self:
                 keep = rows + q0 != cols
                 rows, cols = rows[keep], cols[keep]
-            values = exact_scores(gallery, qb, scores, rows, cols, g0)
+            values = exact_scores(gallery, qb, scores, rows, cols, g0, exact)
             rows_block.append(rows), cols_block.append(cols), scores_block.append(values)
         rows_all.append(torch.cat(rows_block) + q0)
         cols_all.append(torch.cat(cols_block)), scores_all.append(torch.cat(scores_block))

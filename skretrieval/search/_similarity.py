@@ -51,12 +51,15 @@ class Similarity:
         """Transform vectors once before any block is scored (e.g. L2-normalise)."""
         return x
 
+    def prepare_(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`prepare` in place where it can (the same values): a streamed gallery's blocks."""
+        return self.prepare(x)
+
     def block(self, queries: torch.Tensor, gallery: torch.Tensor, gallery_sqnorm=None, out=None) -> torch.Tensor:
         """Proxy scores of prepared queries against gallery rows (any float dtype).
 
-        Batched inputs ``(b, n, d)`` and ``(b, m, d)`` give ``(b, n, m)``. ``out``: a
-        contiguous tensor of the result's shape and dtype to write into (a search reuses
-        one for all its blocks), or None.
+        Batched inputs ``(b, n, d)`` and ``(b, m, d)`` give ``(b, n, m)``. ``out``, a
+        contiguous ``(n, m)`` tensor of the product's dtype, receives 2-D scores.
         """
         return torch.matmul(queries, gallery.mT, out=out)
 
@@ -84,6 +87,10 @@ class CosineSimilarity(Similarity):
     def prepare(self, x):
         return F.normalize(x, dim=1)
 
+    def prepare_(self, x):
+        # F.normalize's own steps, dividing in place: bit for bit its result
+        return x.div_(x.norm(2, 1, keepdim=True).clamp_min_(1e-12))
+
     def to_distance(self, scores):
         return 1.0 - scores
 
@@ -110,8 +117,10 @@ class EuclideanSimilarity(Similarity):
     def block(self, queries, gallery, gallery_sqnorm=None, out=None):
         if gallery_sqnorm is None:
             gallery_sqnorm = (gallery.float() ** 2).sum(dim=-1)
-        scores = torch.matmul(queries, gallery.mT, out=out)
-        return scores.mul_(2.0).sub_(gallery_sqnorm.unsqueeze(-2).to(queries.dtype))
+        sqnorm = gallery_sqnorm.unsqueeze(-2).to(queries.dtype)
+        if out is not None:  # 2-D: one fused product into the caller's buffer
+            return torch.addmm(sqnorm, queries, gallery.mT, beta=-1.0, alpha=2.0, out=out)
+        return 2.0 * (queries @ gallery.mT) - sqnorm
 
     def exact(self, queries, gallery_rows):
         return -torch.linalg.vector_norm(queries - gallery_rows, dim=1)
@@ -131,7 +140,7 @@ class CallableSimilarity(Similarity):
         self.fn = fn
 
     def block(self, queries, gallery, gallery_sqnorm=None, out=None):
-        scores = self.fn(queries, gallery)  # a user function writes where it likes: out unused
+        scores = self.fn(queries, gallery)
         scores = torch.as_tensor(scores, dtype=torch.float32, device=queries.device)
         expected = (queries.shape[0], gallery.shape[0])
         if tuple(scores.shape) != expected:

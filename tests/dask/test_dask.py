@@ -159,6 +159,38 @@ def test_open_set_predict_identical(client, threshold):
     np.testing.assert_array_equal(sharded.predict(Q), single.predict(Q))
 
 
+@pytest.mark.parametrize("similarity_fn", ["cosine", "euclidean"])
+def test_remove_equals_fit_without_the_items(client, similarity_fn):
+    """Shards drop their rows where they are; a shard left empty goes; replicas stay replicated."""
+    X, y = _data(10)
+    Q = np.concatenate([_data(11, n=25)[0], X[[3, 7]]])
+    params = dict(similarity_fn=similarity_fn, topk=5)
+    sharded = ShardedRetriever(ImageRetriever("precomputed", **params), n_shards=4, replicas=2).fit(X, y, client=client)
+    first, last = sharded.shards_[0].key, sharded.shards_[3]
+    where, offsets = client.who_has([last]), sharded.shard_offsets_
+    removed = np.r_[np.arange(offsets[1], offsets[3]), [3, 40]]  # shards 1 and 2 whole, 2 rows of 0
+    sharded.remove(rows=removed)
+    keep = np.setdiff1d(np.arange(len(X)), removed)
+    single = ImageRetriever("precomputed", **params).fit(X[keep], y[keep])
+    assert len(sharded.shards_) == 2 and sharded.shards_[0].key != first
+    assert sharded.shards_[1].key == last.key and client.who_has([last]) == where  # untouched: not moved
+    assert sharded.shard_offsets_.tolist() == [0, offsets[1] - 2, len(keep)]
+    assert all(len(holders) == 2 for holders in client.who_has(sharded.shards_).values())
+    for expected, got in zip(single.kneighbors(Q, 9), sharded.kneighbors(Q, 9)):
+        np.testing.assert_array_equal(got, expected)
+    for expected, got in zip(single.kneighbors(None, 4), sharded.kneighbors(None, 4)):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(sharded.predict(Q), single.predict(Q))
+    np.testing.assert_array_equal(sharded.predict_proba(Q), single.predict_proba(Q))
+    np.testing.assert_array_equal(sharded.classes_, single.classes_)
+    np.testing.assert_array_equal(sharded.prototype_labels_, single.prototype_labels_)
+    sharded.add(X[removed[:5]], y[removed[:5]])  # and it grows again as a fitted one does
+    single.add(X[removed[:5]], y[removed[:5]])
+    np.testing.assert_array_equal(sharded.kneighbors(Q, 9)[1], single.kneighbors(Q, 9)[1])
+    with pytest.raises(ValueError, match=r"rows \[500\] are not in the gallery"):
+        sharded.remove(rows=[500])
+
+
 def test_import_skretrieval_does_not_import_dask():
     code = "import sys, skretrieval; assert 'dask' not in sys.modules and 'distributed' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
