@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ._version import __version__
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from ._duplicates import duplicates_to_remove
     from ._encoder import ImageEncoder
     from ._preprocessing import Preprocessing
     from ._retriever import ImageRetriever, load
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from .io import FileFormatError
 
 _WHERE = {
+    "duplicates_to_remove": "._duplicates",
     "ImageEncoder": "._encoder",
     "FileFormatError": ".io",
     "ImageRetriever": "._retriever",
@@ -36,6 +38,7 @@ __all__ = [
     "InconsistentVersionWarning",
     "Preprocessing",
     "__version__",
+    "duplicates_to_remove",
     "list_encoders",
     "load",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import time
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -288,43 +288,91 @@ class GalleryMixin:
         data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
         return sp.csr_matrix((data, columns, indptr), shape=(len(indices), self._n_gallery()))
 
-    def find_duplicates(self, min_similarity: float | str = 0.9) -> list[np.ndarray]:
-        """Groups of near-identical gallery items.
+    def find_duplicates(
+        self, X=None, min_similarity: float | str = 0.9, *, embedded: bool = False,
+        return_similarity: bool = False,
+    ):
+        """Near-identical items: groups within the gallery, or the gallery items new ones duplicate.
 
         Two items are linked when their similarity is at least ``min_similarity`` (exactly,
-        in float32); a group is a connected component of those links (so two members may be
-        less similar, through a chain), found with :func:`scipy.sparse.csgraph.connected_components`.
+        in float32). With ``X=None`` a group is a connected component of the links between
+        gallery items (so two members may be less similar, through a chain), found with
+        :func:`scipy.sparse.csgraph.connected_components`. With new items ``X``, each new
+        item gets the gallery items it is linked to, as :meth:`radius_neighbors` finds them
+        (the same query path, unreadable queries included); new items are not linked to
+        each other (their own duplicates: ``find_duplicates`` of a retriever fitted on them).
+
+        Memory: no ``n x n`` object is formed. The gallery is searched against itself in
+        blocks of ``working_memory`` (:func:`~skretrieval.search.radius_search`); what
+        grows is the list of linked pairs, the sparse graph and the component labels, so
+        the extra memory is O(n_gallery + pairs found) plus the working memory: at most
+        ``4 n d`` bytes (the normalised search copy of the gallery, unless built already)
+        + 0.5 KB per gallery item + 0.5 KB per linked pair + ``working_memory`` + tens
+        of MB of allocator slack (tested in a subprocess by ``tests/test_duplicates.py``;
+        see the user guide's "Large galleries").
 
         Parameters
         ----------
+        X : images or features, default=None
+            New items to match against the gallery; None finds the groups within it.
         min_similarity : float or "auto", default=0.9
             On the scale of ``similarity_fn`` (``-distance`` for euclidean). ``"auto"``:
-            the rule of ``threshold="auto"`` leaving items out (whatever the labels): at most
-            ``false_match_rate`` of the items are linked to their best match, the most
-            similar first. Duplicates count in that share, so set ``false_match_rate``
-            above the share of items you expect to have one.
+            the rule of ``threshold="auto"`` leaving gallery items out (whatever the
+            labels): at most ``false_match_rate`` of the gallery items are linked to their
+            best match, the most similar first. Duplicates count in that share, so set
+            ``false_match_rate`` above the share of items you expect to have one.
+        embedded : bool, default=False
+            ``X`` already is embeddings (:meth:`transform`'s output), searched as they are.
+        return_similarity : bool, default=False
+            With ``X``: also return the similarity of each match.
 
         Returns
         -------
         groups : list of ndarray of int64
-            Rows of ``prototype_``, ascending within a group; groups ordered by their first
-            row. Items without a duplicate are left out.
+            With ``X=None``: rows of ``prototype_``, ascending within a group; groups
+            ordered by their first row. Items without a duplicate are left out.
+        similarities : ndarray of shape (n_queries,), dtype=object
+            With ``X`` and ``return_similarity=True``: one float32 array per new item,
+            aligned with ``matches`` (exactly the float32 scores when ``min_similarity``
+            is at least 0.5 for cosine, and for the other similarities).
+        matches : ndarray of shape (n_queries,), dtype=object
+            With ``X``: one int64 array per new item of the ``prototype_`` rows it
+            duplicates, most similar first (ties by row); empty for a new item without a
+            duplicate, and for an unreadable one (``on_error="skip"``/``"warn"``).
 
         Examples
         --------
         >>> import numpy as np
         >>> from skretrieval import ImageRetriever
         >>> gallery = [[1.0, 0.0], [0.0, 1.0], [1.0, 0.01], [0.0, 2.0], [1.0, 1.0]]
-        >>> ImageRetriever("precomputed").fit(gallery).find_duplicates(0.99)
+        >>> retriever = ImageRetriever("precomputed").fit(gallery)
+        >>> retriever.find_duplicates(min_similarity=0.99)
         [array([0, 2]), array([1, 3])]
+        >>> matches = retriever.find_duplicates([[0.0, 3.0], [1.0, -1.0]], 0.99)
+        >>> matches[0], matches[1]
+        (array([1, 3]), array([], dtype=int64))
         """
         from scipy.sparse.csgraph import connected_components
 
         check_is_fitted(self)
+        if isinstance(X, (Real, str)):  # find_duplicates(0.95): the threshold came first once
+            raise TypeError(
+                f"find_duplicates takes the new items to match first (None: the gallery itself), "
+                f"got X={X!r}; pass the threshold by name: find_duplicates(min_similarity={X!r})."
+            )
         if isinstance(min_similarity, str) and min_similarity == "auto":
             rate = self._settings.false_match_rate
             min_similarity = duplicate_threshold(rate, self._search_rows, self._n_gallery())
-        radius = float(self._similarity().to_distance(np.float32(min_similarity)))
+        similarity = self._similarity()
+        radius = float(similarity.to_distance(np.float32(min_similarity)))
+        if X is not None:
+            distances, matches = self.radius_neighbors(X, radius, sort_results=True, embedded=embedded)
+            if not return_similarity:
+                return matches
+            similarities = np.empty(len(distances), dtype=object)
+            for i, d in enumerate(distances):
+                similarities[i] = np.asarray(similarity.from_distance(d), dtype=np.float32)
+            return similarities, matches
         graph = self.radius_neighbors_graph(radius=radius)
         _, component = connected_components(graph, directed=False)
         sizes = np.bincount(component)

@@ -3,7 +3,7 @@
 Commands: ``demo``, ``index`` (encode a folder into a model file; ``--update`` encodes
 only what changed since), ``search`` (query it),
 ``evaluate`` (retrieval metrics of labelled queries) and ``duplicates`` (near-identical
-images in a folder). Results go to stdout, progress, warnings and errors to stderr. Exit
+images in a folder, or of a folder against a model's gallery). Results go to stdout, progress, warnings and errors to stderr. Exit
 codes: 0 success, 1 failure (missing file, unreadable image with ``--on-error raise``, ...),
 2 usage error.
 
@@ -453,14 +453,17 @@ def _open_set_figures(retriever, features, labels, args) -> dict | None:
 
 
 def _duplicates(args) -> int:
-    from ._open_set import duplicate_threshold
-
+    if args.keep is not None and not args.list_removable:
+        raise _UsageError("--keep chooses the image kept in each group of --list-removable; pass --list-removable too.")
+    if args.against is not None:
+        return _duplicates_against(args)
     retriever = _fit(args, args.directory)
-    threshold = args.threshold
-    if threshold == "auto":  # each image left out in turn, as find_duplicates("auto")
-        threshold = duplicate_threshold(args.false_match_rate, retriever._search_rows, len(retriever.prototype_))
+    threshold = _duplicate_similarity(args, retriever)
     groups = retriever.find_duplicates(min_similarity=threshold)
     paths = retriever.prototype_ids_  # rows of the gallery: unreadable files are not among them
+    if args.list_removable:
+        _list_removable(args, groups, paths)
+        return 0
     # The similarity of each image to its nearest other one, which is in its group: the
     # link that put it there.
     scores = retriever.search(k=1)[0][:, 0] if args.scores and groups else None
@@ -476,6 +479,92 @@ def _duplicates(args) -> int:
                 print(f"  {paths[i]}" if scores is None else f"  {scores[i]:.4f}  {paths[i]}")
     print(
         f"{len(groups)} group(s) of near-identical images (similarity >= {threshold:.6g})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _duplicate_similarity(args, retriever) -> float:
+    """``--threshold``: the number, or ``auto`` with each gallery image left out in turn."""
+    from ._open_set import duplicate_threshold
+
+    if args.threshold != "auto":  # as find_duplicates(min_similarity="auto"), but printed
+        return args.threshold
+    return duplicate_threshold(args.false_match_rate, retriever._search_rows, len(retriever.prototype_ids_))
+
+
+def _list_removable(args, groups, paths) -> None:
+    """Print the files to remove, all but one of each group (``--keep``); nothing is deleted."""
+    from ._duplicates import duplicates_to_remove
+
+    keep = args.keep or "first"
+    removable = 0
+    for number, group in enumerate(groups, start=1):
+        remove = [str(p) for p in duplicates_to_remove([group], paths, keep=keep)]
+        removable += len(remove)
+        if args.json:
+            kept = next(str(paths[i]) for i in group if str(paths[i]) not in remove)
+            print(json.dumps({"group": number, "keep": kept, "remove": remove}))
+        else:
+            print("\n".join(remove))
+    print(
+        f"{removable} file(s) to remove, one kept in each of {len(groups)} group(s) (--keep {keep}); "
+        "nothing was deleted",
+        file=sys.stderr,
+    )
+
+
+# Options that would encode the new images differently from the model's gallery.
+_MODEL_ENCODING = ("encoder", "weights", "image_size", "compile", "precision")
+
+
+def _duplicates_against(args) -> int:
+    """The images of DIR that duplicate images of the model's gallery, with the model's encoder."""
+    import numpy as np
+
+    if args.keep is not None:
+        raise _UsageError("with --against the gallery's image is kept and the new one listed; --keep applies to groups within DIR.")
+    parser = command_parsers()["duplicates"]
+    given = [name for name in _MODEL_ENCODING if getattr(args, name) != parser.get_default(name)]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise _UsageError(f"--against encodes with the model's own encoder, so {option} does not apply; drop it.")
+    retriever = _load_model(args.against)
+    files = _image_files([args.directory])
+    if not files:
+        raise FileNotFoundError(f"no image files below {args.directory!r}; give a folder of images to check.")
+    retriever.set_params(verbose=int(len(files) > 1))
+    _set_encoding(
+        retriever, on_error=_estimator_on_error(args), batch_size=args.batch_size, n_jobs=args.n_jobs,
+        device=args.device,
+    )
+    features = retriever.transform(files)  # encoded once, with the model's encoder and head
+    readable = ~np.isnan(features).any(axis=1)  # rows of images skipped by --on-error
+    if not readable.all():
+        reasons = [f"cannot read image {f!r}" for f, ok in zip(files, readable) if not ok]
+        _check_some_readable(reasons, len(files), args.directory)
+        _report_skipped(args, reasons, len(files))
+    threshold = _duplicate_similarity(args, retriever)
+    similarities, matches = retriever.find_duplicates(features, threshold, embedded=True, return_similarity=True)
+    paths = retriever.prototype_ids_
+    found = [i for i in range(len(files)) if len(matches[i])]
+    for i in found:
+        gallery = [str(paths[j]) for j in matches[i]]
+        if args.list_removable:
+            print(json.dumps({"remove": files[i], "duplicate_of": gallery[0]}) if args.json else files[i])
+        elif args.json:
+            line = {"query": files[i], "paths": gallery}
+            if args.scores:
+                line["scores"] = [round(float(score), 6) for score in similarities[i]]
+            print(json.dumps(line))
+        else:
+            print(f"{files[i]}: {len(gallery)} gallery image(s)")
+            for path, score in zip(gallery, similarities[i]):
+                print(f"  {score:.4f}  {path}" if args.scores else f"  {path}")
+    removable = "; nothing was deleted" if args.list_removable else ""
+    print(
+        f"{len(found)} of {int(readable.sum())} image(s) duplicate images of {args.against} "
+        f"(similarity >= {threshold:.6g}){removable}",
         file=sys.stderr,
     )
     return 0
@@ -666,16 +755,33 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     duplicates = commands.add_parser(
-        "duplicates", help="Find near-identical images in a folder.",
+        "duplicates", help="Find near-identical images in a folder, or already in a model's gallery.",
         description="Encode every image below DIR and print the groups of near-identical images: "
-        "images are linked when their similarity reaches the threshold, a group is a chain of links.",
+        "images are linked when their similarity reaches the threshold, a group is a chain of links. "
+        "With --against MODEL: print each image of DIR that duplicates images of the model's gallery, "
+        "and those, encoded with the model's encoder. Nothing is ever deleted.",
     )
-    duplicates.add_argument("directory", metavar="DIR", help="folder of images")
+    duplicates.add_argument("directory", metavar="DIR", help="folder of images (with --against: the new images)")
+    duplicates.add_argument(
+        "--against", metavar="MODEL", default=None,
+        help="model file written by `skretrieval index`: match the images of DIR against its gallery",
+    )
     _threshold_options(duplicates, "minimum cosine similarity", default=0.95)
     duplicates.add_argument("--json", action="store_true", help="one JSON object per group (JSON lines)")
     duplicates.add_argument(
         "--scores", action="store_true",
-        help="also show each image's similarity to its nearest image in the group",
+        help="also show each image's similarity to its nearest image in the group (with --against: "
+        "to each gallery image it duplicates)",
+    )
+    duplicates.add_argument(
+        "--list-removable", action="store_true",
+        help="print only the files to remove, one per line: all but one image of each group (with "
+        "--against: every image of DIR already in the gallery); nothing is deleted",
+    )
+    duplicates.add_argument(
+        "--keep", choices=("first", "largest", "smallest"), default=None,
+        help="with --list-removable: the image kept in each group, the first path in sorted order, "
+        "or the largest or smallest file (default: first)",
     )
     _encoder_options(duplicates)
     _on_error_option(duplicates)

@@ -560,3 +560,85 @@ def test_duplicates_shows_the_scores(colour_images, tmp_path, capsys):
     group = json.loads(line)
     assert group["paths"] == files[:-1]
     np.testing.assert_allclose(group["scores"], nearest[:-1], atol=1e-5)
+
+
+def test_duplicates_against_a_model(folders, capsys):
+    """New images against the model's gallery, encoded with the model's encoder; numpy reference."""
+    import shutil
+
+    from PIL import Image
+
+    from skretrieval import load
+
+    model, _ = _index(folders, capsys)
+    new = folders / "new"
+    new.mkdir()
+    original = folders / "gallery" / "green" / "08.png"
+    shutil.copy(original, new / "a_copy.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(new / "b_noise.png")
+    bad = _truncated_jpeg(new / "c_bad.jpg")
+    argv = ["duplicates", str(new), "--against", str(model), "--threshold", "0.99999"]
+    assert cli.main([*argv, "--scores"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == f"{new / 'a_copy.png'}: {len(lines) - 1} gallery image(s)"
+    score, path = lines[1].split()
+    assert path == str(original) and float(score) >= 0.99999
+    assert str(bad) in captured.err and "1 of 2 image(s) duplicate images of" in captured.err
+
+    retriever = load(model)  # the same matches and scores as the Python API and numpy
+    features = retriever.transform([str(new / "a_copy.png")])
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    cosine = (unit(features) @ unit(retriever.prototype_).T)[0]
+    expected = [str(retriever.prototype_ids_[i]) for i in retriever.find_duplicates(features, 0.99999, embedded=True)[0]]
+    assert expected == [str(p) for p in np.asarray(retriever.prototype_ids_)[np.argsort(-cosine, kind="stable")][: len(expected)]]
+    assert cli.main([*argv, "--json", "--scores"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    line = json.loads(line)
+    assert line["query"] == str(new / "a_copy.png") and line["paths"] == expected
+    np.testing.assert_allclose(line["scores"], np.sort(cosine)[::-1][: len(expected)], atol=1e-5)
+
+    assert cli.main([*argv, "--list-removable"]) == 0  # the new copy, never the gallery's image
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [str(new / "a_copy.png")] and "nothing was deleted" in captured.err
+    assert (new / "a_copy.png").exists() and original.exists()
+
+
+def test_duplicates_list_removable_and_keep(colour_images, tmp_path, capsys):
+    from PIL import Image
+
+    images, _ = colour_images
+    for n in (0, 8, 16):
+        Image.fromarray(images[n]).save(tmp_path / f"{n:02d}.png")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(images[8]).save(tmp_path / "sub" / "copy.bmp")  # the same pixels, a larger file
+    argv = ["duplicates", str(tmp_path), "--threshold", "0.99999", "--list-removable", *TINY]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [str(tmp_path / "sub" / "copy.bmp")]  # the first path is kept
+    assert "1 file(s) to remove, one kept in each of 1 group(s) (--keep first); nothing was deleted" in captured.err
+    assert cli.main([*argv, "--keep", "largest"]) == 0
+    assert capsys.readouterr().out.splitlines() == [str(tmp_path / "08.png")]
+    assert cli.main([*argv, "--keep", "smallest", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line) == {"group": 1, "keep": str(tmp_path / "08.png"), "remove": [str(tmp_path / "sub" / "copy.bmp")]}
+    assert all(p.exists() for p in [tmp_path / "08.png", tmp_path / "sub" / "copy.bmp"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "message"),
+    [
+        (["--keep", "largest"], 2, "--keep chooses the image kept in each group of --list-removable"),
+        (["--against", "{tmp}/gallery/model.skr", "--list-removable", "--keep", "first"], 2, "--keep applies to groups within DIR"),
+        (["--against", "{tmp}/model.skr", "--encoder", "cli_tiny"], 2, "--encoder does not apply"),
+        (["--against", "{tmp}/missing.skr"], 1, "model file"),
+    ],
+)
+def test_duplicates_option_errors(folders, capsys, extra, code, message):
+    model, _ = _index(folders, capsys)
+    argv = ["duplicates", str(folders / "gallery"), *(a.replace("{tmp}", str(folders)) for a in extra)]
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert err.splitlines()[0].startswith("skretrieval duplicates: error:")

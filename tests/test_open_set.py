@@ -145,9 +145,9 @@ def test_auto_with_large_classes_and_without_labels():
     assert unlabelled.threshold_ == pytest.approx(_threshold_at_rate(brute_impostors(X, items), 0.1), abs=1e-6)
     assert unlabelled.threshold_ == _threshold_at_rate(best_other, 0.1)
     assert false_match_rate(best_other, unlabelled.threshold_) <= 0.1
-    # find_duplicates("auto") leaves items out whatever the labels
-    groups = [list(g) for g in labelled.find_duplicates("auto")]
-    assert groups and groups == [list(g) for g in unlabelled.find_duplicates(unlabelled.threshold_)]
+    # find_duplicates(min_similarity="auto") leaves items out whatever the labels
+    groups = [list(g) for g in labelled.find_duplicates(min_similarity="auto")]
+    assert groups and groups == [list(g) for g in unlabelled.find_duplicates(min_similarity=unlabelled.threshold_)]
 
 
 def test_find_duplicates_auto_finds_planted_duplicates():
@@ -155,7 +155,7 @@ def test_find_duplicates_auto_finds_planted_duplicates():
     X = rng.normal(size=(200, 16)).astype(np.float32)
     X[[10, 20, 30]] = X[[11, 21, 31]] + 1e-3 * rng.normal(size=(3, 16))
     # at most 5 % of the 200 items are linked to their best match: the 6 planted ones first
-    groups = ImageRetriever("precomputed", false_match_rate=0.05).fit(X).find_duplicates("auto")
+    groups = ImageRetriever("precomputed", false_match_rate=0.05).fit(X).find_duplicates(min_similarity="auto")
     pairs = [list(g) for g in groups if len(g) == 2 and g[0] in (10, 20, 30)]
     assert pairs == [[10, 11], [20, 21], [30, 31]]
     assert 6 <= sum(map(len, groups)) <= 10

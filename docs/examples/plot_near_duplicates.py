@@ -123,7 +123,7 @@ for pair in sorted(missed, key=sorted):
 import matplotlib.pyplot as plt
 
 thresholds = np.round(np.arange(0.70, 0.99, 0.02), 2)
-curves = np.array([precision_recall(retriever.find_duplicates(t))[:2] for t in thresholds])
+curves = np.array([precision_recall(retriever.find_duplicates(min_similarity=t))[:2] for t in thresholds])
 for t, (p, r) in zip(thresholds, curves):
     print(f"min_similarity {t:.2f}: precision {p:.2f}, recall {r:.2f}")
 

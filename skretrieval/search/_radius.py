@@ -70,13 +70,18 @@ def radius_search(
     # distance test below decides; this only has to keep every pair that could pass.
     min_score = float(np.nextafter(np.float32(similarity.from_distance(np.float32(radius))), -np.inf))
     rows_all, cols_all, scores_all = [], [], []
+    # One score buffer for the whole search, and a query block's pairs joined: a buffer per
+    # query block, or three small tensors kept per score block, let glibc (whose mmap
+    # threshold rises to a freed block's size) serve the next block from a heap the kept
+    # pairs had split: a million images against themselves grew to 22 GB (OOM-killed).
+    buffer = score_buffer(gallery, min(query_block, n_queries), gallery_block)
     for q0, qb in query_blocks(queries, gallery, query_block):
         exact_threshold = similarity.proxy_threshold(
             torch.full((len(qb),), min_score, device=qb.device), (qb * qb).sum(dim=1)
         )
         threshold = gallery.lower(exact_threshold, gallery.margin(qb))
         qb_low = qb.to(gallery.dtype)
-        buffer = score_buffer(gallery, len(qb), gallery_block)
+        rows_block, cols_block, scores_block = [], [], []
         for g0, exact, low in gallery.blocks(gallery_block):
             out = None if buffer is None else buffer[: len(qb) * len(low)].view(len(qb), len(low))
             scores = score_block(gallery, qb_low, g0, low, out)
@@ -88,7 +93,9 @@ def radius_search(
                 keep = rows + q0 != cols
                 rows, cols = rows[keep], cols[keep]
             values = exact_scores(gallery, qb, scores, rows, cols, g0, exact)
-            rows_all.append(rows + q0), cols_all.append(cols), scores_all.append(values)
+            rows_block.append(rows), cols_block.append(cols), scores_block.append(values)
+        rows_all.append(torch.cat(rows_block) + q0)
+        cols_all.append(torch.cat(cols_block)), scores_all.append(torch.cat(scores_block))
     return _per_query(similarity, radius, n_queries, rows_all, cols_all, scores_all, sort_results)
 
 

@@ -128,9 +128,13 @@ def test_images_skipped_queries_and_add_agree(client, tmp_path, head):
     assert (sharded.radius_neighbors_graph(None, radius) != single.radius_neighbors_graph(None, radius)).nnz == 0
     assert (sharded.kneighbors_graph(queries, 2, mode="distance") != single.kneighbors_graph(queries, 2, mode="distance")).nnz == 0
     similarity = float(1 - radius)
-    assert [g.tolist() for g in sharded.find_duplicates(similarity)] == [
-        g.tolist() for g in single.find_duplicates(similarity)
+    assert [g.tolist() for g in sharded.find_duplicates(min_similarity=similarity)] == [
+        g.tolist() for g in single.find_duplicates(min_similarity=similarity)
     ]
+    matches = sharded.find_duplicates(queries, similarity)  # against the gallery: the same query core
+    assert len(matches[0]) and not len(matches[1])  # paths[4] finds itself; bad.png nothing
+    for e, g in zip(single.find_duplicates(queries, similarity), matches):
+        np.testing.assert_array_equal(g, e)
 
 
 @pytest.mark.parametrize("threshold", ["auto", 0.75])
@@ -145,8 +149,8 @@ def test_open_set_predict_identical(client, threshold):
     expected = single.predict(Q)
     assert 0 < np.sum(expected == -1) < len(Q)  # some queries rejected, some not
     np.testing.assert_array_equal(sharded.predict(Q), expected)
-    groups = [g.tolist() for g in single.find_duplicates("auto")]  # items left out, on the shards too
-    assert groups and [g.tolist() for g in sharded.find_duplicates("auto")] == groups
+    groups = [g.tolist() for g in single.find_duplicates(min_similarity="auto")]  # items left out, on the shards too
+    assert groups and [g.tolist() for g in sharded.find_duplicates(min_similarity="auto")] == groups
     # partial_fit keeps the threshold, as add does
     X2, y2 = _data(7, n=30)
     single.add(X2, y2)

@@ -171,8 +171,8 @@ def test_radius_duplicates_and_auto_threshold_stay_exact():
     for a, b in zip(approximate.radius_neighbors(queries, radius=0.01), exact.radius_neighbors(queries, radius=0.01)):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
-    found = approximate.find_duplicates(0.99)
-    assert len(found) > 0 and all(np.array_equal(x, y) for x, y in zip(found, exact.find_duplicates(0.99)))
+    found = approximate.find_duplicates(min_similarity=0.99)
+    assert len(found) > 0 and all(np.array_equal(x, y) for x, y in zip(found, exact.find_duplicates(min_similarity=0.99)))
 
 
 def test_index_is_built_on_first_query_kept_and_rebuilt_when_needed():

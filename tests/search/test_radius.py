@@ -102,7 +102,7 @@ def test_find_duplicates():
     gallery[10] = gallery[3]
     gallery[20] = gallery[3] * 2  # same direction: a cosine duplicate
     gallery[30] = gallery[5] + 1e-4
-    groups = ImageRetriever("precomputed", search_precision="bf16").fit(gallery).find_duplicates(0.999)
+    groups = ImageRetriever("precomputed", search_precision="bf16").fit(gallery).find_duplicates(min_similarity=0.999)
     assert [g.tolist() for g in groups] == [[3, 10, 20], [5, 30]]
     euclidean = ImageRetriever("precomputed", similarity_fn="euclidean").fit(gallery)
-    assert [g.tolist() for g in euclidean.find_duplicates(-0.01)] == [[3, 10], [5, 30]]
+    assert [g.tolist() for g in euclidean.find_duplicates(min_similarity=-0.01)] == [[3, 10], [5, 30]]
