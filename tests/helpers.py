@@ -1,5 +1,7 @@
 """Tiny encoders for tests (importable as ``helpers``: pytest puts tests/ on sys.path)."""
 
+import time
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,6 +26,28 @@ class CallCounter:
 
     def __deepcopy__(self, memo):
         return self
+
+
+class SlowCounter:
+    """A :class:`TinyEncoder` counter that prints "batch" at every forward pass, then waits
+    ``delay`` seconds: the encoding a test kills half-way (it sees the line, then kills)."""
+
+    images = 0
+
+    def __init__(self, delay: float = 0.2):
+        self.delay = delay
+
+    def __deepcopy__(self, memo):
+        return self
+
+    @property
+    def calls(self):
+        return 0
+
+    @calls.setter
+    def calls(self, value):
+        print("batch", flush=True)
+        time.sleep(self.delay)
 
 
 class TinyEncoder(nn.Module):

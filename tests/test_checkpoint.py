@@ -19,22 +19,10 @@ PARAMS = {"preprocessing": {"size": 8}, "device": "cpu", "batch_size": BATCH}
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import sys
     sys.path.insert(0, {tests!r})
-    from helpers import TinyEncoder
+    from helpers import SlowCounter, TinyEncoder
     from skretrieval import ImageEncoder, ImageRetriever
-
-    class SlowCounter:  # every forward pass: announce it, then take a while
-        images = 0
-        def __deepcopy__(self, memo):
-            return self
-        @property
-        def calls(self):
-            return 0
-        @calls.setter
-        def calls(self, value):
-            print("batch", flush=True)
-            time.sleep(0.2)
 
     ImageRetriever(ImageEncoder(TinyEncoder(SlowCounter()), memory={memory!r}, **{params!r})).fit({folder!r})
     print("done", flush=True)

@@ -104,25 +104,13 @@ def test_a_model_without_file_stats_is_encoded_again_whole(tmp_path, capsys):
 
 KILLED = textwrap.dedent(
     """
-    import sys, time
+    import sys
     sys.path.insert(0, {tests!r})
-    from helpers import TinyEncoder
+    from helpers import SlowCounter, TinyEncoder
     from skretrieval import Preprocessing, cli
     from skretrieval.encoders import BuiltEncoder, register_encoder
 
-    class Slow:  # every batch: announce it, then take a while
-        images = 0
-        def __deepcopy__(self, memo):
-            return self
-        @property
-        def calls(self):
-            return 0
-        @calls.setter
-        def calls(self, value):
-            print("batch", flush=True)
-            time.sleep(0.3)
-
-    register_encoder("cli_counting")(lambda weights=None: BuiltEncoder(TinyEncoder(Slow()), Preprocessing(size=8, crop_pct=1.0)))
+    register_encoder("cli_counting")(lambda weights=None: BuiltEncoder(TinyEncoder(SlowCounter(0.3)), Preprocessing(size=8, crop_pct=1.0)))
     sys.exit(cli.main(["index", "--update", {model!r}, {gallery!r}, "--batch-size", "2"]))
     """
 )
