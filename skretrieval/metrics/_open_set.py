@@ -45,7 +45,7 @@ def _threshold_at_rate(impostor_scores, rate: float) -> float:
     scores = np.sort(_scores(impostor_scores, "impostor_scores"))[::-1]
     allowed = int(np.floor(_rate(rate, "rate") * len(scores) + 1e-9))
     if allowed >= len(scores):
-        return float(scores[-1])  # everything may be accepted
+        return -np.inf  # every impostor may be accepted: so may every genuine score
     return float(np.nextafter(scores[allowed], np.float32(np.inf)))
 
 
