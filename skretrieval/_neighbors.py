@@ -246,9 +246,8 @@ class GalleryMixin:
         _check_graph_mode(mode)
         distances, indices = self.kneighbors(X, n_neighbors)
         found = indices >= 0
-        data = np.ones(int(found.sum())) if mode == "connectivity" else distances[found]
-        indptr = np.concatenate([[0], np.cumsum(found.sum(axis=1))])
-        return sp.csr_matrix((data, indices[found], indptr), shape=(len(indices), self._n_gallery()))
+        values = distances[found] if mode == "distance" else None
+        return _csr_graph(found.sum(axis=1), indices[found], values, self._n_gallery())
 
     def radius_neighbors_graph(self, X=None, radius=None, mode="connectivity", sort_results=False):
         """Sparse graph of the gallery items within ``radius`` of each query.
@@ -283,10 +282,9 @@ class GalleryMixin:
             raise ValueError("sort_results=True needs mode='distance', as in scikit-learn.")
         distances, indices = self.radius_neighbors(X, radius, sort_results=sort_results)
         counts = np.fromiter((len(i) for i in indices), dtype=np.int64, count=len(indices))
-        indptr = np.concatenate([[0], np.cumsum(counts)])
         columns = np.concatenate([*indices, np.empty(0, np.int64)])
-        data = np.ones(len(columns)) if mode == "connectivity" else np.concatenate([*distances, np.empty(0)])
-        return sp.csr_matrix((data, columns, indptr), shape=(len(indices), self._n_gallery()))
+        values = np.concatenate([*distances, np.empty(0)]) if mode == "distance" else None
+        return _csr_graph(counts, columns, values, self._n_gallery())
 
     def find_duplicates(
         self, X=None, min_similarity: float | str = 0.9, *, embedded: bool = False,
@@ -781,6 +779,14 @@ def _listed(values, at_most: int = 5) -> str:
     values = list(np.asarray(values).tolist())
     more = f" and {len(values) - at_most} more" if len(values) > at_most else ""
     return f"{values[:at_most]!r}{more}"
+
+
+def _csr_graph(counts, columns, distances, n_gallery: int) -> sp.csr_matrix:
+    """The CSR graph of both graph methods: ``counts[i]`` entries in row ``i``, their gallery
+    ``columns`` row after row, valued by ``distances`` (None: ones, connectivity)."""
+    data = np.ones(len(columns)) if distances is None else distances
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    return sp.csr_matrix((data, columns, indptr), shape=(len(counts), n_gallery))
 
 
 def _check_graph_mode(mode) -> None:
