@@ -97,19 +97,19 @@ class SearchGallery:
         low = 0 if self.dtype == torch.float32 else _itemsize(self.dtype)
         return self.n_features * (self.store.itemsize + 4 + low)
 
-    def blocks(self, rows: int):
-        """Yield ``(g0, exact, low)`` for consecutive blocks of ``rows`` gallery rows.
+    def blocks(self, rows: int, start: int = 0):
+        """Yield ``(g0, exact, low)`` for consecutive blocks of ``rows`` gallery rows, from row ``start``.
 
         ``exact`` is the prepared float32 block, ``low`` the same in the product dtype;
         both views of the resident copy, or (streamed) valid until the next block.
         """
         if not self.streamed:
-            for g0 in range(0, self.n_gallery, rows):
+            for g0 in range(start, self.n_gallery, rows):
                 yield g0, self.exact[g0 : g0 + rows], self.low[g0 : g0 + rows]
             return
         shape = (min(rows, self.n_gallery), self.n_features)
         low = None if self.dtype == torch.float32 else torch.empty(shape, dtype=self.dtype, device=self.device)
-        for g0, block in self.store.blocks(rows):
+        for g0, block in self.store.blocks(rows, start):
             exact = self.similarity.prepare_(block)
             yield g0, exact, exact if low is None else low[: len(exact)].copy_(exact)
 
@@ -332,6 +332,18 @@ def mask_self(scores: torch.Tensor, q0: int, g0: int) -> None:
     cols = rows - g0
     inside = (cols >= 0) & (cols < scores.shape[1])
     scores[rows[inside] - q0, cols[inside]] = -torch.inf
+
+
+def mask_lower(scores: torch.Tensor, q0: int, g0: int) -> None:
+    """Set the score of query ``i`` against every gallery row ``j <= i`` to -inf, in place:
+    a self-search of a symmetric similarity keeps each pair once, as ``i < j``."""
+    n, m = scores.shape
+    width = min(m, q0 + n - g0)  # the columns some query's own row reaches
+    if width <= 0:
+        return
+    rows = torch.arange(q0, q0 + n, device=scores.device)[:, None]
+    cols = torch.arange(g0, g0 + width, device=scores.device)[None, :]
+    scores[:, :width].masked_fill_(cols <= rows, -torch.inf)
 
 
 def candidates(scores: torch.Tensor, threshold: torch.Tensor):

@@ -8,6 +8,7 @@ import torch
 from ._gallery import (
     candidates,
     exact_scores,
+    mask_lower,
     mask_self,
     prepare_search,
     query_blocks,
@@ -41,7 +42,9 @@ def radius_search(
     radius : float
     similarity : Similarity
     exclude_self : bool, default=False
-        Queries are the gallery itself: query ``i`` never matches gallery row ``i``.
+        Queries are the gallery itself: query ``i`` never matches gallery row ``i``. The
+        built-in similarities are symmetric, so then only the pairs ``i < j`` are scored
+        (half the work) and each is given to both rows.
     sort_results : bool, default=False
         Sort each query's neighbours by distance (ties by index); otherwise by index.
     working_memory : float, default=None
@@ -75,6 +78,9 @@ def radius_search(
     # threshold rises to a freed block's size) serve the next block from a heap the kept
     # pairs had split: a million images against themselves grew to 22 GB (OOM-killed).
     buffer = score_buffer(gallery, min(query_block, n_queries), gallery_block)
+    # The built-in similarities score (i, j) and (j, i) alike, bit for bit (an elementwise
+    # product or difference, then the same reduction): a self-search scores i < j only.
+    upper = exclude_self and similarity.is_matmul
     for q0, qb in query_blocks(queries, gallery, query_block):
         exact_threshold = similarity.proxy_threshold(
             torch.full((len(qb),), min_score, device=qb.device), (qb * qb).sum(dim=1)
@@ -82,10 +88,12 @@ def radius_search(
         threshold = gallery.lower(exact_threshold, gallery.margin(qb))
         qb_low = qb.to(gallery.dtype)
         rows_block, cols_block, scores_block = [], [], []
-        for g0, exact, low in gallery.blocks(gallery_block):
+        for g0, exact, low in gallery.blocks(gallery_block, start=q0 + 1 if upper else 0):
             out = None if buffer is None else buffer[: len(qb) * len(low)].view(len(qb), len(low))
             scores = score_block(gallery, qb_low, g0, low, out)
-            if exclude_self:
+            if upper:
+                mask_lower(scores, q0, g0)
+            elif exclude_self:
                 mask_self(scores, q0, g0)
             rows, cols = candidates(scores, threshold)
             cols += g0
@@ -94,8 +102,12 @@ def radius_search(
                 rows, cols = rows[keep], cols[keep]
             values = exact_scores(gallery, qb, scores, rows, cols, g0, exact)
             rows_block.append(rows), cols_block.append(cols), scores_block.append(values)
+        if not rows_block:  # a self-search's last rows: no gallery row after them
+            continue
         rows_all.append(torch.cat(rows_block) + q0)
         cols_all.append(torch.cat(cols_block)), scores_all.append(torch.cat(scores_block))
+    if upper:  # each pair was found for its lower row: the higher row has it too
+        rows_all, cols_all, scores_all = rows_all + cols_all, cols_all + rows_all, scores_all * 2
     return _per_query(similarity, radius, n_queries, rows_all, cols_all, scores_all, sort_results)
 
 

@@ -48,24 +48,26 @@ def rows_at_once(n_features: int, itemsize: int = 4, limit: int = _PASS_BYTES) -
     return max(1, limit // max(1, n_features * itemsize))
 
 
-def read_blocks(array, rows: int | None = None):
-    """Yield ``(start, block)``: consecutive numpy blocks of ``rows`` rows of a 2-D array.
+def read_blocks(array, rows: int | None = None, start: int = 0):
+    """Yield ``(start, block)``: consecutive numpy blocks of ``rows`` rows of a 2-D array,
+    from row ``start``.
 
     A memory-mapped array is read with file reads into one buffer, reused from block to
     block (a block is valid until the next one); others are sliced.
     """
     n, d = array.shape
     rows = rows or rows_at_once(d, array.dtype.itemsize)
+    first = start
     backing = file_backing(array)
     if backing is None:
-        for start in range(0, n, rows):
+        for start in range(first, n, rows):
             yield start, array[start : start + rows]
         return
     filename, offset = backing
     buffer = np.empty((min(rows, n), d), array.dtype)
     row_bytes = d * array.dtype.itemsize
     with open(filename, "rb", buffering=0) as file:
-        for start in range(0, n, rows):
+        for start in range(first, n, rows):
             block = buffer[: min(rows, n - start)]
             file.seek(offset + start * row_bytes)
             view = memoryview(block).cast("B")
@@ -96,8 +98,9 @@ class RowStore:
         # An in-memory array is used where it is (on a GPU: one device copy, in its dtype).
         self._resident = None if file_backing(array) else torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-    def blocks(self, rows: int):
-        """Yield ``(start, float32 tensor of the stored rows)`` of every block of ``rows`` rows.
+    def blocks(self, rows: int, start: int = 0):
+        """Yield ``(start, float32 tensor of the stored rows)`` of every block of ``rows`` rows
+        from row ``start``.
 
         Every block is written into one float32 buffer (valid until the next block, and
         free to be modified in place): a fresh block each time would let the allocator
@@ -106,11 +109,11 @@ class RowStore:
         n, d = self.shape
         out = torch.empty((min(rows, n), d), dtype=torch.float32, device=self.device)
         if self._resident is not None:
-            for start in range(0, n, rows):
-                stored = self._resident[start : start + rows]
-                yield start, out[: len(stored)].copy_(stored)
+            for g0 in range(start, n, rows):
+                stored = self._resident[g0 : g0 + rows]
+                yield g0, out[: len(stored)].copy_(stored)
             return
-        for start, block in read_blocks(self.array, rows):
+        for start, block in read_blocks(self.array, rows, start):
             stored = torch.from_numpy(block)
             if stored.dtype == torch.float32 and self.device.type == "cpu":
                 yield start, stored  # the read buffer itself

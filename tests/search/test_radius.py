@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import reference_scores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.neighbors import NearestNeighbors
@@ -106,3 +107,38 @@ def test_find_duplicates():
     assert [g.tolist() for g in groups] == [[3, 10, 20], [5, 30]]
     euclidean = ImageRetriever("precomputed", similarity_fn="euclidean").fit(gallery)
     assert [g.tolist() for g in euclidean.find_duplicates(min_similarity=-0.01)] == [[3, 10], [5, 30]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    dim=st.integers(1, 5),
+    name=st.sampled_from(["euclidean", "cosine", "dot"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    stored=st.sampled_from(["float32", "float16"]),
+    working_memory=st.sampled_from([1e-4, 1e-3, None]),
+    radius_quantile=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_self_search_scores_each_pair_once_and_equals_the_full_search(
+    n, dim, name, dtype, stored, working_memory, radius_quantile, seed
+):
+    # The gallery against itself scores only i < j and mirrors the pairs: the result must be
+    # the full search of every row against every other, bit for bit, for any block layout.
+    rng = np.random.default_rng(seed)
+    gallery = (rng.integers(-3, 4, size=(n, dim)) / 2).astype(stored)  # ties and duplicates
+    gallery[np.abs(gallery).sum(axis=1) == 0, 0] = 1  # no zero vector (no cosine)
+    similarity = get_similarity(name)
+    full = reference_scores(gallery.astype(np.float32), gallery.astype(np.float32), name)
+    radius = float(np.quantile(similarity.to_distance(full), radius_quantile))
+    got = radius_search(
+        gallery, gallery, radius, similarity, exclude_self=True, sort_results=True,
+        working_memory=working_memory, dtype=dtype,
+    )
+    everyone = radius_search(
+        gallery.copy(), gallery, radius, similarity, sort_results=True, working_memory=working_memory, dtype=dtype
+    )
+    for i, (d, j, ed, ej) in enumerate(zip(*got, *everyone)):
+        own = ej != i
+        np.testing.assert_array_equal(j, ej[own])
+        np.testing.assert_array_equal(d, ed[own])
