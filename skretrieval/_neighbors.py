@@ -502,7 +502,8 @@ class GalleryMixin:
             New gallery items, in any form :meth:`fit` accepts.
         y : array-like of shape (n_new,), default=None
             Their labels. Needed when the gallery was fitted with labels (unless ``X``
-            carries them); without, new items continue the ``arange`` labels.
+            carries them); a gallery fitted without labels (``labels_are_rows_``) continues its
+            row numbers.
 
         Returns
         -------
@@ -526,17 +527,15 @@ class GalleryMixin:
         n_old, n_new = self._n_gallery(), len(features)
         if y is not None:
             labels = _aligned_labels(y, n_new, skipped)
-        if labels is None:
-            if not np.array_equal(self.prototype_labels_, np.arange(n_old)):
-                raise ValueError(
-                    "the gallery was fitted with labels, so add needs y for the new items too; "
-                    "pass the labels of the new items (add(X, y))."
-                )
-            labels = np.arange(n_old, n_old + n_new)
+        if labels is None and not self._labels_are_rows():
+            raise ValueError(
+                "the gallery was fitted with labels, so add needs y for the new items too; "
+                "pass the labels of the new items (add(X, y))."
+            )
         ids = np.arange(n_old, n_old + n_new) if ids is None else np.asarray(ids)
         self._append_gallery(features)
         self._set_gallery(
-            _concatenate(self.prototype_labels_, np.asarray(labels)),
+            None if labels is None else _concatenate(self.prototype_labels_, np.asarray(labels)),
             _concatenate(self.prototype_ids_, ids),
         )
         self._extend_file_stats(n_old, file_stats(ids, changed_since_ns=started))
@@ -569,9 +568,9 @@ class GalleryMixin:
             The result equals fitting on the gallery without those items:
             ``prototype_labels_``, ``prototype_ids_`` and ``classes_`` lose them (a class
             left without items leaves ``classes_``), later rows move up, and labels and ids
-            that are the row numbers ``0`` to ``n - 1`` (fitted without ``y``, not from
-            files; as in :meth:`add`, a ``y`` equal to them is taken for them) are numbered
-            anew, ``0`` to ``n - 1``. As in :meth:`add`, ``threshold_`` is kept as it is (an
+            that are the row numbers (``labels_are_rows_``: fitted without ``y``; ids of items
+            that are no files) are numbered anew, ``0`` to ``n - 1``; labels given as ``y``
+            are kept as they are, even when they are ``0`` to ``n - 1``. As in :meth:`add`, ``threshold_`` is kept as it is (an
             ``"auto"`` one is not re-estimated). An unknown id or row raises a
             ``ValueError`` naming it, and nothing is removed; so does removing every item.
 
@@ -598,7 +597,8 @@ class GalleryMixin:
         keep = np.ones(n, dtype=bool)
         keep[rows] = False
         self._remove_gallery(rows)
-        self._set_gallery(_kept(self.prototype_labels_, keep), _kept(self.prototype_ids_, keep))
+        labels = None if self._labels_are_rows() else self.prototype_labels_[keep]
+        self._set_gallery(labels, _kept_ids(self.prototype_ids_, keep))
         stats = getattr(self, "prototype_file_stats_", None)
         if stats is not None:
             self.prototype_file_stats_ = stats[keep]
@@ -647,10 +647,22 @@ class GalleryMixin:
         self.prototype_file_stats_ = np.concatenate([old, stats])
 
     def _set_gallery(self, labels, ids) -> None:
-        self.prototype_labels_ = np.asarray(labels)
+        """Labels (None: the row numbers, ``labels_are_rows_``) and ids of the gallery as it is now."""
+        self.labels_are_rows_ = labels is None
+        self.prototype_labels_ = np.arange(self._n_gallery()) if labels is None else np.asarray(labels)
         self.prototype_ids_ = np.asarray(ids)
         self.classes_, self._label_codes = np.unique(self.prototype_labels_, return_inverse=True)
         self.outlier_label_ = resolve_outlier_label(self._settings.outlier_label, self.classes_, self._label_codes)
+
+    def _labels_are_rows(self) -> bool:
+        """Whether the gallery was fitted without labels, so that its labels are its row numbers
+        (continued by ``add``, numbered anew by ``remove``). A model saved before
+        ``labels_are_rows_`` existed: labels equal to the row numbers are taken for them."""
+        recorded = getattr(self, "labels_are_rows_", None)
+        if recorded is not None:
+            return bool(recorded)
+        labels = self.prototype_labels_
+        return labels.dtype.kind in "iu" and np.array_equal(labels, np.arange(len(labels)))
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -752,8 +764,8 @@ def _aligned_labels(y, n: int, skipped) -> np.ndarray:
     return labels
 
 
-def _kept(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Labels or ids of the ``keep`` rows; row numbers (``arange``) are numbered anew."""
+def _kept_ids(values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Ids of the ``keep`` rows; row numbers (the ids of items that are no files) are numbered anew."""
     if values.dtype.kind in "iu" and np.array_equal(values, np.arange(len(values))):
         return np.arange(int(keep.sum()))
     return values[keep]

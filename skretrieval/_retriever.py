@@ -211,6 +211,11 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         Label of each gallery item: ``y``, the labels a Dataset yields, or ``arange(n)``.
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else ``arange(n)``.
+    labels_are_rows_ : bool
+        True when the gallery has no labels (fitted without ``y``, nor labels from the
+        input): ``prototype_labels_`` are then its row numbers, which :meth:`add` continues
+        and :meth:`remove` numbers anew. Labels given as ``y`` are never renumbered, even
+        when they are ``0`` to ``n - 1``.
     prototype_file_stats_ : ndarray of shape (n_gallery, 2), int64
         Size in bytes and modification time (``st_mtime_ns``) of each gallery file when it
         was encoded, which :meth:`update` compares; ``-1`` for items that are no file, or
@@ -382,7 +387,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         self._fit_embedding(features, labels, warm)  # fine_tune="head": projection_ on cached features
         self.prototype_ = to_storage(self._embed(features), self.gallery_dtype)
         resolve_params(self.algorithm, self.algorithm_params, n)  # an nlist the gallery can hold
-        self._set_gallery(np.arange(n) if labels is None else labels, np.arange(n) if ids is None else ids)
+        self._set_gallery(labels, np.arange(n) if ids is None else ids)
         self.__dict__.pop("prototype_file_stats_", None)
         self._extend_file_stats(0, file_stats(ids, changed_since_ns=started))
         self._search_cache = _SearchCache()  # filled by the first query
@@ -492,7 +497,7 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
         started = time.time_ns()
         files = _update_files(X)
         labels = None if y is None else _aligned_labels(y, len(files), [])
-        if labels is None and not np.array_equal(self.prototype_labels_, np.arange(self._n_gallery())):
+        if labels is None and not self._labels_are_rows():
             raise ValueError(
                 "the gallery was fitted with labels, so update needs the labels of the files "
                 "too (update(X, y); skretrieval.io.list_labelled_images returns both)."
@@ -517,15 +522,15 @@ class ImageRetriever(GalleryMixin, FineTuneMixin, EncoderMixin, ClassifierMixin,
                 f"update found no readable image file in {_described(X)} ({len(skipped)} unreadable); "
                 "the gallery cannot be empty, so it was left as it was."
             )
-        gallery = np.empty((len(kept), self._n_features()), np.float32)
+        gallery = np.empty((len(kept), self._n_features()), np.dtype(self.gallery_dtype))
         from_gallery = rows[kept] >= 0
         gallery[from_gallery] = self.prototype_[rows[kept][from_gallery]]
-        gallery[~from_gallery] = features
+        gallery[~from_gallery] = to_storage(features, self.gallery_dtype)
         self.prototype_ = gallery
         for stale in ("_gallery_source", "n_features_in_"):  # a gallery of files, as fit(X) leaves it
             self.__dict__.pop(stale, None)
         names = np.asarray(files)[kept]
-        self._set_gallery(np.arange(len(kept)) if labels is None else labels[kept], names)
+        self._set_gallery(None if labels is None else labels[kept], names)
         self.prototype_file_stats_ = stats[kept]
         self.skipped_ = [(int(encode[index]), path, reason) for index, path, reason in skipped]
         return self

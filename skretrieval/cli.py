@@ -110,7 +110,7 @@ def _retriever(args):
         device=args.device, on_error=_estimator_on_error(args), n_jobs=args.n_jobs,
         compile=args.compile, encode_precision=args.precision,
     )
-    return ImageRetriever(encoding, verbose=1, **_fine_tuning(args))
+    return ImageRetriever(encoding, gallery_dtype=getattr(args, "gallery_dtype", "float32"), verbose=1, **_fine_tuning(args))
 
 
 def _set_encoding(retriever, **options) -> None:
@@ -205,7 +205,10 @@ def _index(args) -> int:
 
 
 # index options that decide the features: --update encodes with the model's own
-_FEATURE_OPTIONS = ("encoder", "weights", "image_size", "compile", "precision", "head", "fine_tune", "max_epochs", "random_state")
+_FEATURE_OPTIONS = (
+    "encoder", "weights", "image_size", "compile", "precision", "gallery_dtype", "head", "fine_tune", "max_epochs",
+    "random_state",
+)
 
 
 def _update(args) -> int:
@@ -252,10 +255,7 @@ def _option_name(parser, dest: str) -> str:
 
 
 def _has_labels(retriever) -> bool:
-    import numpy as np
-
-    labels = retriever.prototype_labels_
-    return not np.array_equal(labels, np.arange(len(labels)))
+    return not retriever._labels_are_rows()
 
 
 def _search(args) -> int:
@@ -708,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument(
         "--fine-tune", choices=("head", "all"), default="head",
         help="with --head: train the projection only (head) or the encoder too (all) (default: %(default)s)",
+    )
+    index.add_argument(
+        "--gallery-dtype", choices=("float32", "float16"), default="float32",
+        help="storage of the gallery features: float16 halves the model file and the memory a "
+        "search takes, results exact for the stored values (see docs/large_galleries.md) "
+        "(default: %(default)s)",
     )
     index.add_argument("--max-epochs", type=int, default=10, help="with --head: training epochs (default: %(default)s)")
     index.add_argument("--random-state", type=int, default=0, help="with --head: training seed (default: %(default)s)")

@@ -88,6 +88,18 @@ def test_update_encodes_only_new_and_changed_files_and_equals_a_fresh_index(tmp_
     _assert_same_model(other, tmp_path / "fresh.skr")
 
 
+def test_a_float16_model_stays_float16_through_an_update(tmp_path, capsys):
+    gallery, model = _gallery(tmp_path / "gallery"), tmp_path / "model.skr"
+    _index(capsys, gallery, model, "--gallery-dtype", "float16")
+    assert load(model).prototype_.dtype == np.float16
+    _write(gallery / "cat" / "20.png", 20)
+    code, _, err = _run(capsys, "index", "--update", model, gallery)
+    assert code == 0, err
+    _index(capsys, gallery, tmp_path / "fresh.skr", "--gallery-dtype", "float16")
+    assert load(model).prototype_.dtype == np.float16
+    _assert_same_model(model, tmp_path / "fresh.skr")
+
+
 def test_a_model_without_file_stats_is_encoded_again_whole(tmp_path, capsys):
     gallery, model = _gallery(tmp_path / "gallery"), tmp_path / "model.skr"
     _index(capsys, gallery, model)
@@ -155,6 +167,8 @@ def test_an_update_killed_while_encoding_leaves_the_model_intact(tmp_path, capsy
         (["index", "--update", "{tmp}/model.skr", "{tmp}/gallery", "--labels-from-folders"], 2,
          "leave out --labels-from-folders"),
         (["index", "{tmp}/gallery"], 2, "give the model file to write, -o/--output MODEL (or --update MODEL"),
+        (["index", "--update", "{tmp}/model.skr", "{tmp}/gallery", "--gallery-dtype", "float16"], 2,
+         "leave out --gallery-dtype"),
     ],
 )
 def test_update_errors_are_one_line(tmp_path, capsys, argv, code, message):

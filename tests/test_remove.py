@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import skretrieval
 from skretrieval import ImageEncoder, ImageRetriever
 
 
@@ -112,17 +113,16 @@ def test_unknown_ids_or_rows_name_them_and_remove_nothing():
 @given(
     n=st.integers(3, 30),
     similarity_fn=st.sampled_from(["cosine", "dot", "euclidean"]),
-    labelled=st.booleans(),
+    labels=st.sampled_from(["none", "letters", "item numbers"]),
     seed=st.integers(0, 10_000),
     data=st.data(),
 )
-def test_remove_then_search_equals_fit_property(n, similarity_fn, labelled, seed, data):
+def test_remove_then_search_equals_fit_property(n, similarity_fn, labels, seed, data):
     rng = np.random.default_rng(seed)
     X = rng.integers(-2, 3, size=(n, 3)).astype(np.float32)  # small integers: ties and duplicates
     X[np.abs(X).sum(axis=1) == 0, 0] = 1  # no zero vector (its cosine is undefined)
-    # Labels that are the row numbers 0..n-1 are renumbered as fit's default ones are, so
-    # labelled galleries here are named by letters.
-    y = rng.choice(np.array(["a", "b", "c"]), size=n) if labelled else None
+    # "item numbers": labels given as y that equal the row numbers, which stay as given.
+    y = {"none": None, "letters": rng.choice(np.array(["a", "b", "c"]), size=n), "item numbers": np.arange(n)}[labels]
     removed = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n - 2))
     keep = np.setdiff1d(np.arange(n), removed)
     topk = data.draw(st.integers(1, len(keep) - 1)) if len(keep) > 1 else 1
@@ -139,3 +139,40 @@ def test_remove_then_search_equals_fit_property(n, similarity_fn, labelled, seed
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(got.predict(queries), expected.predict(queries))
     np.testing.assert_array_equal(got.predict_proba(queries), expected.predict_proba(queries))
+
+
+def test_labels_given_as_row_numbers_are_kept_by_remove_add_and_save(tmp_path):
+    # Instance retrieval: every item its own label, 0 to n-1, given as y. Those are labels,
+    # not row numbers, so remove never renumbers them (a renumbered 2 would name item 3).
+    X = np.eye(5, dtype=np.float32)
+    retriever = ImageRetriever("precomputed", topk=1).fit(X, np.arange(5))
+    assert not retriever.labels_are_rows_
+    retriever.remove(rows=[1])
+    np.testing.assert_array_equal(retriever.prototype_labels_, [0, 2, 3, 4])
+    np.testing.assert_array_equal(retriever.predict(X[[2, 4]]), [2, 4])
+    with pytest.raises(ValueError, match="add needs y"):
+        retriever.add(X[[1]])
+    loaded = skretrieval.load(retriever.save(tmp_path / "ids.skr"))
+    assert not loaded.labels_are_rows_
+    np.testing.assert_array_equal(loaded.remove(rows=[0]).prototype_labels_, [2, 3, 4])
+
+
+def test_row_labels_are_renumbered_and_continued():
+    X = np.eye(5, dtype=np.float32)
+    retriever = ImageRetriever("precomputed", topk=1).fit(X)
+    assert retriever.labels_are_rows_
+    retriever.remove(rows=[1]).add(X[[1]])
+    assert retriever.labels_are_rows_
+    np.testing.assert_array_equal(retriever.prototype_labels_, np.arange(5))
+    retriever.add(X[[0]], [7])  # labels given: from now on the labels are labels
+    assert not retriever.labels_are_rows_
+    np.testing.assert_array_equal(retriever.remove(rows=[0]).prototype_labels_, [1, 2, 3, 4, 7])
+
+
+def test_models_saved_before_labels_are_rows_take_row_numbers_for_rows(tmp_path):
+    retriever = ImageRetriever("precomputed", topk=1).fit(np.eye(4, dtype=np.float32))
+    del retriever.labels_are_rows_  # as a model file of skretrieval 0.x holds it
+    loaded = skretrieval.load(retriever.save(tmp_path / "old.skr"))
+    assert not hasattr(loaded, "labels_are_rows_")
+    np.testing.assert_array_equal(loaded.remove(rows=[0]).prototype_labels_, [0, 1, 2])
+    assert loaded.labels_are_rows_

@@ -84,6 +84,8 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
     prototype_labels_ : ndarray of shape (n_gallery,)
     prototype_ids_ : ndarray of shape (n_gallery,)
         File path of each gallery item when it came from files, else its row.
+    labels_are_rows_ : bool
+        As :class:`~skretrieval.ImageRetriever`'s: the labels are the row numbers.
     prototype_file_stats_ : ndarray of shape (n_gallery, 2), int64
         As :class:`~skretrieval.ImageRetriever`'s (only when some item came from a file).
     skipped_ : list of tuple
@@ -194,7 +196,7 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
         self.n_features_ = features.shape[1]
         self.shards_, self.shard_offsets_ = [], np.zeros(1, np.int64)
         self._append_gallery(features)
-        self._set_gallery(retriever.prototype_labels_, retriever.prototype_ids_)
+        self._set_gallery(None if retriever._labels_are_rows() else retriever.prototype_labels_, retriever.prototype_ids_)
         if hasattr(retriever, "prototype_file_stats_"):
             self.prototype_file_stats_ = retriever.prototype_file_stats_
         self.threshold_ = retriever.threshold_  # kept by add/partial_fit, as ImageRetriever.add
