@@ -113,12 +113,12 @@ class RowStore:
                 stored = self._resident[g0 : g0 + rows]
                 yield g0, out[: len(stored)].copy_(stored)
             return
-        for start, block in read_blocks(self.array, rows, start):
+        for g0, block in read_blocks(self.array, rows, start):
             stored = torch.from_numpy(block)
             if stored.dtype == torch.float32 and self.device.type == "cpu":
-                yield start, stored  # the read buffer itself
+                yield g0, stored  # the read buffer itself
             else:
-                yield start, out[: len(stored)].copy_(stored)
+                yield g0, out[: len(stored)].copy_(stored)
 
 
 def streamed(gallery) -> bool:
