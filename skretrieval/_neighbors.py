@@ -570,8 +570,8 @@ class GalleryMixin:
             left without items leaves ``classes_``), later rows move up, and labels and ids
             that are the row numbers (``labels_are_rows_``: fitted without ``y``; ids of items
             that are no files) are numbered anew, ``0`` to ``n - 1``; labels given as ``y``
-            are kept as they are, even when they are ``0`` to ``n - 1``. As in :meth:`add`, ``threshold_`` is kept as it is (an
-            ``"auto"`` one is not re-estimated). An unknown id or row raises a
+            are kept as they are, even when they are ``0`` to ``n - 1``. As in :meth:`add`,
+            ``threshold_`` is kept as it is (an ``"auto"`` one is not re-estimated). An unknown id or row raises a
             ``ValueError`` naming it, and nothing is removed; so does removing every item.
 
         Examples

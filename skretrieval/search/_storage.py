@@ -57,27 +57,26 @@ def read_blocks(array, rows: int | None = None, start: int = 0):
     """
     n, d = array.shape
     rows = rows or rows_at_once(d, array.dtype.itemsize)
-    first = start
     backing = file_backing(array)
     if backing is None:
-        for start in range(first, n, rows):
-            yield start, array[start : start + rows]
+        for row in range(start, n, rows):
+            yield row, array[row : row + rows]
         return
     filename, offset = backing
     buffer = np.empty((min(rows, n), d), array.dtype)
     row_bytes = d * array.dtype.itemsize
     with open(filename, "rb", buffering=0) as file:
-        for start in range(first, n, rows):
-            block = buffer[: min(rows, n - start)]
-            file.seek(offset + start * row_bytes)
+        for row in range(start, n, rows):
+            block = buffer[: min(rows, n - row)]
+            file.seek(offset + row * row_bytes)
             view = memoryview(block).cast("B")
             done = 0
             while done < len(view):  # a raw read may return fewer bytes than asked
                 got = file.readinto(view[done:])
                 if not got:
-                    raise OSError(f"{filename!r} ended before row {start + len(block)} of {n}")
+                    raise OSError(f"{filename!r} ended before row {row + len(block)} of {n}")
                 done += got
-            yield start, block
+            yield row, block
 
 
 class RowStore:
