@@ -97,8 +97,8 @@ def radius_search(
                 mask_self(scores, q0, g0)
             rows, cols = candidates(scores, threshold)
             cols += g0
-            if exclude_self:
-                keep = rows + q0 != cols
+            if exclude_self:  # a -inf threshold (an infinite radius) keeps even masked pairs
+                keep = cols > rows + q0 if upper else cols != rows + q0
                 rows, cols = rows[keep], cols[keep]
             values = exact_scores(gallery, qb, scores, rows, cols, g0, exact)
             rows_block.append(rows), cols_block.append(cols), scores_block.append(values)

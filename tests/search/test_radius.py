@@ -52,6 +52,18 @@ def test_radius_search_matches_sklearn(name, radius_quantile, dtype, working_mem
         assert np.all(d <= radius)
 
 
+@pytest.mark.parametrize("name", ["cosine", "euclidean", "dot"])
+def test_an_infinite_radius_finds_every_other_row_once(name):
+    # A -inf score threshold keeps the masked pairs as candidates: the self-search must still
+    # give each row every other row exactly once (not the lower half twice).
+    gallery = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    for working_memory in (1e-4, None):
+        _, indices = radius_search(
+            gallery, gallery, np.inf, get_similarity(name), exclude_self=True, working_memory=working_memory
+        )
+        assert [list(i) for i in indices] == [[j for j in range(5) if j != i] for i in range(5)]
+
+
 def test_radius_neighbors_exclude_self_and_order():
     gallery = np.array([[0.0], [1.0], [1.0], [3.0]], dtype=np.float32)
     distances, indices = radius_search(gallery, gallery, 1.0, get_similarity("euclidean"), exclude_self=True)
