@@ -46,7 +46,7 @@ from ._open_set import (
     resolve_outlier_label,
 )
 from ._vote import class_probabilities, plurality_vote, vote_weights
-from .io._stats import file_stats
+from .io._stats import UNKNOWN, file_stats
 from .search import get_similarity
 
 
@@ -571,8 +571,9 @@ class GalleryMixin:
             that are the row numbers (``labels_are_rows_``: fitted without ``y``; ids of items
             that are no files) are numbered anew, ``0`` to ``n - 1``; labels given as ``y``
             are kept as they are, even when they are ``0`` to ``n - 1``. As in :meth:`add`,
-            ``threshold_`` is kept as it is (an ``"auto"`` one is not re-estimated). An unknown id or row raises a
-            ``ValueError`` naming it, and nothing is removed; so does removing every item.
+            ``threshold_`` is kept as it is (an ``"auto"`` one is not re-estimated). An
+            unknown id or row raises a ``ValueError`` naming it, and nothing is removed; so
+            does removing every item.
 
         Examples
         --------
@@ -641,9 +642,9 @@ class GalleryMixin:
         if old is None and stats is None:
             return
         if old is None:  # the first files of a gallery of other items
-            old = np.full((n_old, 2), -1, np.int64)
+            old = np.full((n_old, 2), UNKNOWN, np.int64)
         if stats is None:  # items that are no files, after files
-            stats = np.full((self._n_gallery() - n_old, 2), -1, np.int64)
+            stats = np.full((self._n_gallery() - n_old, 2), UNKNOWN, np.int64)
         self.prototype_file_stats_ = np.concatenate([old, stats])
 
     def _set_gallery(self, labels, ids) -> None:

@@ -11,6 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 from .._neighbors import GalleryMixin
 from .._retriever import ImageRetriever
 from ..search import get_similarity, radius_search, topk_search
+from ..search._topk import best_first
 
 
 def _shard_topk(queries, shard, offset, k, similarity_fn, working_memory):
@@ -24,11 +25,7 @@ def _shard_topk(queries, shard, offset, k, similarity_fn, working_memory):
 
 def _merge(a, b, k):
     """Merge two (scores, indices) top-k lists: score descending, then lower global index."""
-    scores = np.concatenate([a[0], b[0]], axis=1)
-    indices = np.concatenate([a[1], b[1]], axis=1)
-    order = np.lexsort((np.where(indices < 0, np.iinfo(np.int64).max, indices), -scores), axis=1)[:, :k]
-    rows = np.arange(len(scores))[:, None]
-    return scores[rows, order], indices[rows, order]
+    return best_first(np.concatenate([a[0], b[0]], axis=1), np.concatenate([a[1], b[1]], axis=1), k)
 
 
 def _shard_radius(queries, query_offset, shard, offset, radius, similarity_fn, working_memory):

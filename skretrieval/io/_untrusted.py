@@ -286,10 +286,9 @@ def map_safetensors(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path, kind:
     """
     with refusing(path, kind, info.filename):
         with archive.open(info) as file:
-            length = int.from_bytes(file.read(8), "little")
-        with archive.open(info) as file:
             tensors = safetensors_header(file, info.file_size, path, kind, info.filename)
-        start = entry_data_offset(path, info, kind) + 8 + length
+            header_bytes = file.tell()  # the length field and the header: the data follows
+        start = entry_data_offset(path, info, kind) + header_bytes
         arrays, offset = {}, start
         for name, dtype, shape, n_bytes in tensors:  # in data order, contiguous (checked)
             numpy_dtype = np.dtype(SAFETENSORS_DTYPES[dtype]).newbyteorder("<")

@@ -24,6 +24,7 @@ import torch
 
 from ._gallery import default_working_memory
 from ._similarity import Similarity
+from ._topk import best_first
 
 ALGORITHMS = ("brute", "ivf", "hnsw")
 APPROXIMATE = ("ivf", "hnsw")
@@ -201,7 +202,7 @@ class ApproximateIndex:
             if exclude_self:
                 ids[found == np.arange(q0, q0 + len(q))[:, None]] = -1
             values = self._rescore(q, ids)
-            scores[q0 : q0 + len(q)], indices[q0 : q0 + len(q)] = _best_first(values, found, k)
+            scores[q0 : q0 + len(q)], indices[q0 : q0 + len(q)] = best_first(values, found, k)
         return scores, indices
 
     def _found(self, queries: np.ndarray, wanted: int, search_params) -> np.ndarray:
@@ -292,16 +293,3 @@ def _search_parameters(algorithm: str, params: dict, k: int):
     if algorithm == "ivf":
         return faiss.SearchParametersIVF(nprobe=params["nprobe"])
     return faiss.SearchParametersHNSW(efSearch=max(params["efSearch"], k))
-
-
-def _best_first(values: np.ndarray, found: np.ndarray, k: int):
-    """Each row's ``k`` best pairs: score descending, then index ascending; -1 / -inf after."""
-    found = np.where(values > -np.inf, found, -1)
-    key = np.where(found >= 0, found, np.iinfo(np.int64).max)
-    order = np.lexsort((key, -values), axis=1)[:, :k]
-    scores = np.full((len(found), k), -np.inf, np.float32)
-    indices = np.full((len(found), k), -1, np.int64)
-    width = order.shape[1]
-    scores[:, :width] = np.take_along_axis(values, order, axis=1)
-    indices[:, :width] = np.take_along_axis(found, order, axis=1)
-    return scores, indices

@@ -291,3 +291,17 @@ def merge_topk(best_scores, best_indices, rows, cols, values):
     rank = torch.arange(len(order), device=device) - starts[all_rows[order]]
     chosen = order[rank < k]
     return all_scores[chosen].view(n, k), all_indices[chosen].view(n, k)
+
+
+def best_first(values: np.ndarray, found: np.ndarray, k: int):
+    """Each row's ``k`` best of ``(values, found)`` pairs (numpy), the order of :func:`merge_topk`:
+    score descending, then index ascending; ``-1`` / ``-inf`` after (a ``-inf`` pair is none)."""
+    found = np.where(values > -np.inf, found, -1)
+    key = np.where(found >= 0, found, np.iinfo(np.int64).max)
+    order = np.lexsort((key, -values), axis=1)[:, :k]
+    scores = np.full((len(found), k), -np.inf, np.float32)
+    indices = np.full((len(found), k), -1, np.int64)
+    width = order.shape[1]
+    scores[:, :width] = np.take_along_axis(values, order, axis=1)
+    indices[:, :width] = np.take_along_axis(found, order, axis=1)
+    return scores, indices
