@@ -215,8 +215,8 @@ def block_sizes(
     ``working_memory`` is in MiB, as scikit-learn's ``working_memory``. When None, the budget
     is a quarter of the free memory of a CUDA ``device`` (``torch.cuda.mem_get_info``), and
     scikit-learn's global setting elsewhere. Gallery blocks are whole chunks of 128 columns
-    when they can be; on a CPU a block holds at most ~4M scores (top-k: ``products`` of ~1M
-    each), so what one product writes stays in cache.
+    (in each of the ``products``) when they can be; on a CPU a block holds at most ~4M
+    scores (top-k: ``products`` of ~1M each), so what one product writes stays in cache.
 
     Parameters
     ----------
@@ -258,8 +258,11 @@ def block_sizes(
     if device is None or torch.device(device).type != "cuda":
         per_product = _CPU_BLOCK_SCORES if products == 1 else _CPU_PRODUCT_SCORES
         gallery_block = min(gallery_block, max(_CHUNK, products * (per_product // query_block)))
-    if _CHUNK < gallery_block < n_gallery:
-        gallery_block -= gallery_block % _CHUNK
+    # Whole chunks of 128 columns, in each product when a block is several.
+    for unit in (_CHUNK * products, _CHUNK):
+        if unit < gallery_block < n_gallery:
+            gallery_block -= gallery_block % unit
+            break
     return query_block, gallery_block
 
 

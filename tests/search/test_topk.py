@@ -171,3 +171,28 @@ def test_resolve_precision():
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="not supported"):
         resolve_precision("int8", "cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["cosine", "dot", "euclidean"])
+def test_rising_threshold_with_better_rows_in_every_block(name, dtype):
+    """A gallery whose rows get ever closer to the queries (each block beats the last one's
+    threshold for every query, the case that re-scans most) with NaN rows inside chunks,
+    in blocks of several products: the same top-k as brute force, and as one block."""
+    rng = np.random.default_rng(6)
+    direction = rng.standard_normal(24).astype(np.float32)
+    closeness = np.linspace(0.0, 3.0, 3000, dtype=np.float32)[:, None]
+    gallery = (0.1 * (closeness * direction + rng.standard_normal((3000, 24)))).astype(np.float32)
+    gallery[[37, 1030, 2999]] = np.nan
+    queries = (0.1 * (3.0 * direction + rng.standard_normal((20, 24)))).astype(np.float32)
+    similarity = get_similarity(name)
+    reference = reference_scores(queries, gallery, name)
+    reference[np.isnan(reference)] = -np.inf
+    _, gallery_block = block_sizes(20, 3000, 0.05, 5, "cpu", products=16)
+    assert 16 * 8 <= gallery_block < 1000  # several blocks of 16 products of 8+ columns
+    for k in (1, 10, 50):
+        scores, indices = topk_search(queries, gallery, k, similarity, working_memory=0.05, dtype=dtype)
+        assert_valid_topk(scores, indices, reference, k)
+        one_block = topk_search(queries, gallery, k, similarity, dtype=dtype)
+        np.testing.assert_array_equal(indices, one_block[1])
+        np.testing.assert_array_equal(scores, one_block[0])
