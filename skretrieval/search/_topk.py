@@ -164,7 +164,7 @@ def _select_chunks(gallery: SearchGallery, maxima, top, threshold, margin):
     # NaN maxima are rare: one row reduction tells whether this block needs the copies.
     has_nan = bool(torch.isnan(maxima.amax(dim=1)).any())
     scan = maxima.nan_to_num(nan=torch.inf) if has_nan else maxima
-    if bool(torch.isinf(threshold).all()):  # the first block: nothing to compare with yet
+    if bool(torch.isneginf(threshold).all()):  # the first block: nothing to compare with yet
         ranked = maxima.nan_to_num(nan=-torch.inf) if has_nan else maxima
         block_top = torch.topk(ranked, min(k, maxima.shape[1]), dim=1).values
         top = torch.topk(torch.cat([top, block_top], dim=1), k, dim=1).values
@@ -177,7 +177,7 @@ def _select_chunks(gallery: SearchGallery, maxima, top, threshold, margin):
     values = maxima[rows, chunks]
     counts = torch.bincount(rows, minlength=n)
     starts = torch.cumsum(counts, 0) - counts
-    listed = torch.full((n, int(counts.max()) if len(rows) else 0), -torch.inf, device=top.device)
+    listed = torch.full((n, int(counts.max())), -torch.inf, device=top.device)
     listed[rows, torch.arange(len(rows), device=top.device) - starts[rows]] = values.nan_to_num(nan=-torch.inf)
     top = torch.topk(torch.cat([top, listed], dim=1), k, dim=1).values
     threshold = _threshold(gallery, top[:, -1], margin)
