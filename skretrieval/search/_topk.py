@@ -164,25 +164,32 @@ def _select_chunks(gallery: SearchGallery, maxima, top, threshold, margin):
     # NaN maxima are rare: one row reduction tells whether this block needs the copies.
     has_nan = bool(torch.isnan(maxima.amax(dim=1)).any())
     scan = maxima.nan_to_num(nan=torch.inf) if has_nan else maxima
-    if bool(torch.isneginf(threshold).all()):  # the first block: nothing to compare with yet
+    first = bool(torch.isneginf(threshold).all())  # nothing to compare with yet
+    if first:  # the block's own top-k enters
         ranked = maxima.nan_to_num(nan=-torch.inf) if has_nan else maxima
-        block_top = torch.topk(ranked, min(k, maxima.shape[1]), dim=1).values
-        top = torch.topk(torch.cat([top, block_top], dim=1), k, dim=1).values
-        threshold = _threshold(gallery, top[:, -1], margin)
-        return top, threshold, *candidates(scan, threshold)
-    # The threshold only rises, so the chunks reaching the last one hold every chunk that
-    # can enter the top or reach the new threshold: only they are looked at again, laid
-    # out row by row (a sort of the list ran ~4x slower on a CPU).
-    rows, chunks = candidates(scan, threshold)
-    values = maxima[rows, chunks]
-    counts = torch.bincount(rows, minlength=n)
-    starts = torch.cumsum(counts, 0) - counts
-    listed = torch.full((n, int(counts.max())), -torch.inf, device=top.device)
-    listed[rows, torch.arange(len(rows), device=top.device) - starts[rows]] = values.nan_to_num(nan=-torch.inf)
-    top = torch.topk(torch.cat([top, listed], dim=1), k, dim=1).values
+        entering = torch.topk(ranked, min(k, maxima.shape[1]), dim=1).values
+    else:
+        # The threshold only rises, so the chunks reaching the last one hold every chunk
+        # that can enter the top or reach the new threshold: only they are looked at again.
+        rows, chunks = candidates(scan, threshold)
+        values = maxima[rows, chunks]
+        entering = _by_row(rows, values.nan_to_num(nan=-torch.inf), n)
+    top = torch.topk(torch.cat([top, entering], dim=1), k, dim=1).values
     threshold = _threshold(gallery, top[:, -1], margin)
+    if first:
+        return top, threshold, *candidates(scan, threshold)
     keep = torch.nonzero(~(values < threshold[rows])).squeeze(1)
     return top, threshold, rows[keep], chunks[keep]
+
+
+def _by_row(rows, values, n):
+    """``values`` laid out one row per query (row-major ``rows``), padded with -inf: merged
+    with a top-k, this ran ~4x faster on a CPU than sorting the list."""
+    counts = torch.bincount(rows, minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    out = torch.full((n, int(counts.max())), -torch.inf, device=values.device)
+    out[rows, torch.arange(len(rows), device=values.device) - starts[rows]] = values
+    return out
 
 
 def _score_chunks(gallery: SearchGallery, qb_low, q0, g0, low, buffer, exclude_self):
@@ -253,7 +260,7 @@ def _block_candidates(strided, rest, rows, chunks, threshold, g0):
         partial = rest[rows[:, None], (cols - _CHUNK * m).clamp(0, rest.shape[1] - 1)]
         values = partial if values is None else torch.where((chunks < m)[:, None], values, partial)
     hit = torch.nonzero((exists & (values >= threshold.to(values.dtype)[rows][:, None])).view(-1)).squeeze(1)
-    pair_rows = rows.repeat_interleave(_CHUNK).index_select(0, hit)
+    pair_rows = rows.index_select(0, hit // _CHUNK)  # hit indexes the (chunks, _CHUNK) columns
     return pair_rows, cols.view(-1).index_select(0, hit) + g0, values.reshape(-1).index_select(0, hit).float()
 
 
