@@ -10,11 +10,15 @@ are :meth:`SearchGallery.margin`, :meth:`~SearchGallery.lower` and :meth:`~Searc
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from sklearn import get_config
 from torch.nn import functional as F
 
+from ._bounds import MIN_FEATURES as _MIN_BOUND_FEATURES
+from ._bounds import TailBound
 from ._precision import matmul_error_bound, unit_roundoff
 from ._similarity import Similarity
 from ._storage import RowStore, read_blocks, rows_at_once, streamed
@@ -81,6 +85,19 @@ class SearchGallery:
         # Rows with NaN or inf never match (their scores are NaN); they must not void the bound.
         self.max_norm = _finite_max(norms)
         self.max_rounding = _max_rounding(self.exact, self.low)
+
+    @functools.cached_property
+    def tail_bound(self) -> TailBound | None:
+        """The :class:`~skretrieval.search._bounds.TailBound` of a resident gallery (a quarter
+        of its memory more), built on first use and kept with it; None when streamed, when a
+        row is not finite, or once declined."""
+        bound = None if self.streamed or self.n_features < _MIN_BOUND_FEATURES else TailBound(self.exact)
+        return bound if bound is not None and bound.finite else None
+
+    def decline_tail_bound(self) -> None:
+        """Free the tail bound and search this gallery by the full scan from now on: the bound
+        pruned too little on its data to pay."""
+        self.__dict__["tail_bound"] = None  # what functools.cached_property reads first
 
     @property
     def streamed(self) -> bool:

@@ -15,6 +15,13 @@
    scored again from the float32 gallery, the few that can still make the top-k are
    scored exactly and merged.
 
+A gallery kept resident (a :class:`SearchGallery`) of at least 65,536 finite rows, searched
+with float32 products of a dot or cosine similarity, is first tried through its tail bound
+(see ``._bounds``): the same two passes over products of a quarter of the features, then the
+chunks whose bound reaches a query's k-th score bounded pair by pair and the survivors scored
+exactly. Where the bound prunes too little (more than 2% of the chunks would be looked into, as
+on uniform random vectors), the full scan answers, and the gallery keeps to it from then on.
+
 The scan is the product plus a reduction at cache speed, whatever the data: clustered data,
 where many gallery rows nearly tie, only widens the second pass, which reads the candidate
 chunks' rows once. Extra memory is one score block, the chunk maxima of a query block
@@ -45,6 +52,12 @@ from ._gallery import (
 from ._similarity import Similarity
 
 _CHUNK = 16  # gallery columns per maximum: the second pass reads ~k chunks of rows per query
+# The scan through the tail bound (see ._bounds) is tried from galleries of this size, on a
+# probe of this many queries first; it gives way to the full scan when it would score more
+# than this share of the gallery pair by pair (a gathered row costs several times a product's).
+_MIN_BOUND_GALLERY = 65536
+_PROBE_QUERIES = 64
+_MAX_BOUND_SHARE = 0.02
 
 
 def topk_search(
@@ -90,6 +103,10 @@ def topk_search(
 
     Notes
     -----
+    A resident :class:`SearchGallery` of 65,536 rows or more, searched with float32 products of
+    ``"dot"`` or ``"cosine"``, keeps a tail bound (a quarter of its memory more) that lets the
+    search skip most of a clustered gallery; the result is the same, bit for bit.
+
     A pair whose float32 score is NaN or ``-inf`` is never returned: a query row holding a
     NaN matches nothing and gets ``k`` slots of ``-1`` / ``-inf``, and gallery rows holding a
     NaN never appear (so a query may fill fewer than ``k`` slots). Every index is a gallery
@@ -106,6 +123,7 @@ def topk_search(
     >>> topk_search([[np.nan, 0.0]], np.eye(2), 1, get_similarity("dot"))
     (array([[-inf]], dtype=float32), array([[-1]]))
     """
+    resident = isinstance(gallery, SearchGallery)  # kept between searches: the bound's build pays
     gallery, n_queries, query_block, gallery_block = prepare_search(
         queries, gallery, similarity, dtype, device, working_memory, products=_CHUNK
     )
@@ -117,12 +135,94 @@ def topk_search(
     budget = (working_memory if working_memory is not None else default_working_memory(device)) * 2**20
     out_scores = torch.empty((n_queries, k), dtype=torch.float32, device=device)
     out_indices = torch.empty((n_queries, k), dtype=torch.int64, device=device)
+    bounded, probe = resident and _bound_serves(gallery, k), _PROBE_QUERIES
     for q0, qb in query_blocks(queries, gallery, query_block):
-        s, i = _query_block_topk(gallery, qb, q0, k, gallery_block, exclude_self, budget)
+        # A query holding a NaN matches nothing: the full scan's rules answer for its block.
+        finite = bool(torch.isfinite(qb).all()) if bounded else False
+        found = _bounded_topk(gallery, qb, q0, k, exclude_self, budget, probe) if finite else None
+        if finite and found is None:  # the bound prunes too little on these data to pay
+            gallery.decline_tail_bound()
+            bounded = False
+        probe = None  # the first block told
+        s, i = found or _query_block_topk(gallery, qb, q0, k, gallery_block, exclude_self, budget)
         out_scores[q0 : q0 + len(qb)], out_indices[q0 : q0 + len(qb)] = s, i
     unfilled = out_indices >= n_gallery  # placeholders no pair replaced
     out_scores[unfilled], out_indices[unfilled] = -torch.inf, -1
     return out_scores.cpu().numpy(), out_indices.cpu().numpy()
+
+
+def _bound_serves(gallery: SearchGallery, k: int) -> bool:
+    """Whether to try the scan through the tail bound: float32 products of a dot or cosine
+    similarity, and a resident gallery of finite rows large enough for its steps to pay."""
+    return (
+        gallery.similarity.is_matmul
+        and gallery.similarity.proxy_scale == 1.0
+        and gallery.dtype == torch.float32
+        and gallery.n_gallery >= _MIN_BOUND_GALLERY
+        and _CHUNK * (k + 1) <= _MAX_BOUND_SHARE * gallery.n_gallery  # the seeds' share
+        and gallery.tail_bound is not None
+    )
+
+
+def _bounded_topk(gallery: SearchGallery, qb, q0, k, exclude_self, budget, probe=None):
+    """The top-k of a query block through the tail bound (see ``._bounds``), or None where the
+    bound prunes too little for it to pay (``probe`` queries, if given, tell first)."""
+    bound = gallery.tail_bound
+    rows = max(1, min(len(qb), int(budget // (4 * bound.block + 8 * len(bound.order)))))  # scores, maxima
+    buffer = torch.empty(rows * bound.block, device=qb.device)
+    starts = [0, *range(min(probe or rows, rows), len(qb), rows)]
+    found = []
+    for s0, s1 in zip(starts, [*starts[1:], len(qb)]):
+        part = _bounded_part(gallery, qb[s0:s1], q0 + s0, k, exclude_self, budget, buffer)
+        if part is None:
+            return None
+        found.append(part)
+    return tuple(torch.cat(column) for column in zip(*found))
+
+
+def _bounded_part(gallery: SearchGallery, qb, q0, k, exclude_self, budget, buffer):
+    n, device = len(qb), qb.device
+    bound = gallery.tail_bound
+    heads = bound.rows(qb)
+    maxima = bound.maxima(heads, buffer)
+    # The k + 1 pairs with the largest bounds in the k + 1 chunks with the largest maxima are
+    # k real pairs besides the query's own row: the k-th of their scores, lowered by the
+    # error bound (they are scored here as a product, not one by one), is reached by the
+    # query's k-th neighbour.
+    seeds = torch.topk(maxima, k + 1, dim=1).indices.view(-1)
+    seed_rows = torch.arange(n, device=device).repeat_interleave(k + 1)
+    rows, cols, bounds = _chunk_bounds(bound, heads, seed_rows, seeds, q0, exclude_self)
+    pick = torch.topk(bounds.view(n, -1), k + 1, dim=1).indices
+    cols = cols.reshape(n, -1).gather(1, pick)
+    scores = torch.bmm(gallery.exact[cols], qb[:, :, None]).squeeze(2)  # (n, k + 1)
+    scores[cols < 0] = -torch.inf  # past the gallery, or the query's own row
+    margin = gallery.margin(qb)
+    kth = gallery.floor(torch.topk(scores, k, dim=1).values[:, -1], margin)
+    # A pair scoring at least kth has a computed bound of at least this.
+    threshold = gallery.lower(kth, margin)
+    rows, chunks = candidates(maxima, threshold)
+    if len(rows) > _MAX_BOUND_SHARE * maxima.numel():
+        return None
+    rows, cols, bounds = _chunk_bounds(bound, heads, rows, chunks, q0, exclude_self)
+    hit = torch.nonzero((bounds >= threshold[rows]).view(-1)).squeeze(1)
+    rows, cols = rows.reshape(-1)[hit], cols.view(-1)[hit]
+    values = _exact_values(gallery, qb, rows, cols, None, gallery.exact, 0, budget)
+    keep = values >= kth[rows]
+    best = (torch.full((n, k), -torch.inf, device=device),
+            torch.full((n, k), gallery.n_gallery, dtype=torch.int64, device=device))
+    return merge_topk(*best, rows[keep], cols[keep], values[keep])
+
+
+def _chunk_bounds(bound, heads, rows, chunks, q0, exclude_self):
+    """``(rows, cols, bounds)``, each ``(len(chunks), _CHUNK)``: the pairs of queries ``rows``
+    in their chunks ``chunks`` of the bound's scan, and their bounds recomputed pair by pair;
+    ``cols`` is -1 and the bound ``-inf`` past the gallery and at a query's own row."""
+    cols = bound.order.index_select(0, chunks)
+    rows = rows[:, None].expand_as(cols)
+    if exclude_self:
+        cols = torch.where(cols == rows + q0, -1, cols)
+    bounds = torch.bmm(bound.chunk_rows(chunks), heads.index_select(0, rows[:, 0])[:, :, None]).squeeze(2)
+    return rows, cols, bounds.masked_fill_(cols < 0, -torch.inf)
 
 
 def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_self, budget):
@@ -275,14 +375,15 @@ def _reaching(rows, cols, proxies, *values, threshold, q0, exclude_self):
 
 def _exact_values(gallery: SearchGallery, qb, rows, cols, proxies, exact, g0, budget):
     """Float32 scores of candidate pairs; ``exact`` holds the prepared gallery rows from ``g0``
-    (the resident copy, or a streamed block), gathered in batches within ``budget``."""
+    (the resident copy, or a streamed block), gathered in batches within ``budget``
+    (``proxies``, a callable's block scores, are its exact ones)."""
     if not gallery.similarity.is_matmul:  # a callable's block scores are its exact scores
         return proxies
     per_batch = max(1, int(budget // (12 * gallery.n_features)))  # gathered rows, product
     return torch.cat([
         gallery.similarity.exact(qb.index_select(0, rows[b0 : b0 + per_batch]), exact.index_select(0, cols[b0 : b0 + per_batch] - g0))
         for b0 in range(0, len(rows), per_batch)
-    ] or [proxies[:0]])
+    ] or [torch.empty(0, device=rows.device)])
 
 
 def _settle(gallery: SearchGallery, qb, q0, best, pending, threshold, exclude_self, budget):

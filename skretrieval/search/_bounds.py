@@ -1,0 +1,110 @@
+"""Exact top-k through an upper bound that costs a quarter of the product.
+
+Split every prepared vector into its first ``h = n_features / 4`` coordinates, the head, and
+the rest, the tail. By Cauchy-Schwarz ``q.g <= q_h.g_h + ||q_t|| ||g_t||``,
+which is one matrix product of ``h + 1`` columns, ``[q_h, ||q_t||] . [g_h, ||g_t||]``. Where
+a query's neighbours stand out from the rest of the gallery by more than the tail can hide
+(clustered embeddings: most of the gallery is far from any one query), the bound of almost
+every pair falls below the query's k-th score, so only the few chunks of gallery rows whose
+bound reaches it are scored exactly:
+
+1. the bounds of a query block against the whole gallery, kept as chunk maxima (the top-k
+   engine's scan: products, one elementwise maximum, no per-pair work);
+2. the rows of the ``k + 1`` chunks with the largest bounds are scored exactly: their k-th
+   score ``T`` is reached by k real pairs, so it bounds the query's k-th score from below;
+3. every chunk whose bound reaches ``T`` (within the products' error bound) is scored
+   exactly, and the best k of those pairs are the answer.
+
+A pair's score is then computed as :func:`~skretrieval.search.topk_search` computes it
+(:meth:`Similarity.exact`), and every pair reaching ``T`` is looked at, so the result equals
+the full scan's, ties included. Where the bound prunes little (uniform random vectors, most
+real image features), step 3 would score much of the gallery pair by pair: a probe of the
+first queries finds that out, and the search goes on with the full scan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._precision import unit_roundoff
+
+MIN_FEATURES = 64  # below this a quarter of the product saves too little to pay the steps
+CHUNK = 16  # rows per chunk maximum, as the top-k engine's
+BLOCK = CHUNK * 1024  # gallery rows per block of the scan: 16 products of 1024 rows
+
+
+class TailBound:
+    """The gallery's bound rows ``[g_h, ||g_t||]``, float32, resident beside it, in the order
+    the scan reads them.
+
+    The scan takes blocks of :data:`BLOCK` rows as :data:`CHUNK` products, product ``i`` of a
+    block holding its rows ``i * m`` to ``(i + 1) * m`` (``m = BLOCK / CHUNK``), and keeps the
+    maximum over the products of each column ``j``: chunk ``j`` is the block's rows
+    ``j + i * m``. Stored chunk by chunk, a chunk's rows are adjacent (read at once when its
+    pairs are bounded one by one), and product ``i`` is every ``CHUNK``-th stored row from
+    ``i``, which a matrix product reads in place. ``n_gallery * (n_features / 4 + 1)``
+    floats: a quarter of the gallery's memory more.
+
+    Parameters
+    ----------
+    exact : tensor of shape (n_gallery, n_features)
+        The prepared float32 gallery (:attr:`SearchGallery.exact`).
+
+    Attributes
+    ----------
+    head : int
+        Coordinates in the head, ``n_features // 4``.
+    block : int
+        Rows of a block of the scan, :data:`BLOCK` when built.
+    columns : tensor of shape (n_gallery, head + 1)
+        Bound rows, stored chunk by chunk.
+    order : tensor of shape (n_chunks, CHUNK)
+        The gallery row of each stored row, chunk by chunk; -1 past the gallery.
+    finite : bool
+        Whether every row is finite (else the bound is not used).
+    """
+
+    def __init__(self, exact: torch.Tensor):
+        n, d = exact.shape
+        self.head, self.block = d // 4, BLOCK
+        # A float32 norm is within ~(d/2 + 1) roundings of the exact one: inflating it by
+        # (d + 4) of them keeps it an upper bound.
+        self.inflate = 1.0 + (d + 4) * unit_roundoff(torch.float32)
+        order = torch.arange(n, device=exact.device)
+        for g0 in range(0, n, self.block):
+            m = min(self.block, n - g0) // CHUNK  # a last, partial chunk stays as it is
+            j, i = torch.meshgrid(torch.arange(m, device=exact.device), torch.arange(CHUNK, device=exact.device), indexing="ij")
+            order[g0 : g0 + CHUNK * m] = (g0 + j + i * m).reshape(-1)
+        rows = 65536  # gathered a block at a time
+        self.columns = torch.cat([self.rows(exact.index_select(0, order[r : r + rows])) for r in range(0, n, rows)])
+        self.finite = bool(torch.isfinite(self.columns).all())  # a NaN or inf row makes its norm so
+        pad = -n % CHUNK
+        self.order = torch.cat([order, order.new_full((pad,), -1)]).view(-1, CHUNK)
+        self._padded = torch.cat([self.columns, self.columns.new_zeros((pad, self.head + 1))]) if pad else self.columns
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``[x_h, ||x_t||]`` of prepared rows: ``rows(q) @ rows(g).T`` bounds ``q @ g.T``."""
+        tail = torch.linalg.vector_norm(x[:, self.head :], dim=1, keepdim=True)
+        return torch.cat([x[:, : self.head], tail * self.inflate], dim=1)
+
+    def chunk_rows(self, chunks: torch.Tensor) -> torch.Tensor:
+        """The stored bound rows of ``chunks``, ``(len(chunks), CHUNK, head + 1)`` (zeros past
+        the gallery)."""
+        return self._padded.view(-1, CHUNK, self.head + 1).index_select(0, chunks)
+
+    def maxima(self, heads: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+        """Chunk maxima of the bounds of query bound rows ``heads`` against the whole gallery,
+        ``(len(heads), n_chunks)``; ``buffer`` holds ``len(heads) * block`` floats."""
+        n, found = len(heads), []
+        for g0 in range(0, len(self.columns), self.block):
+            block = self.columns[g0 : g0 + self.block]
+            m = len(block) // CHUNK
+            by_chunk = block[: CHUNK * m].view(m, CHUNK, block.shape[1])
+            products = buffer[: CHUNK * n * m].view(CHUNK, n, m)
+            for i in range(CHUNK if m else 0):
+                torch.matmul(heads, by_chunk[:, i].T, out=products[i])
+            maxima = products.amax(dim=0) if m else heads.new_empty((n, 0))
+            if len(block) > CHUNK * m:  # the gallery's last, partial chunk
+                maxima = torch.cat([maxima, (heads @ block[CHUNK * m :].T).amax(dim=1, keepdim=True)], dim=1)
+            found.append(maxima)
+        return torch.cat(found, dim=1)
