@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -21,6 +22,27 @@ def _shard_topk(queries, shard, offset, k, similarity_fn, working_memory):
         queries, shard, k, get_similarity(similarity_fn), working_memory=working_memory, device="cpu"
     )
     return scores, np.where(indices < 0, -1, indices + offset)
+
+
+def _reduces_replicas(dask_scheduler) -> bool:
+    """On the scheduler: whether its active memory manager runs a ReduceReplicas policy."""
+    amm = dask_scheduler.extensions.get("amm")
+    if amm is None:
+        return False
+    running = amm.running() if callable(amm.running) else amm.running  # a property in newer releases
+    return bool(running) and any(type(p).__name__ == "ReduceReplicas" for p in amm.policies)
+
+
+def _warn_if_replicas_dropped(client, replicas) -> None:
+    if client.run_on_scheduler(_reduces_replicas):
+        warnings.warn(
+            f"replicas={replicas}, but the scheduler's active memory manager runs its ReduceReplicas "
+            "policy (distributed's default), which drops the extra copies within seconds, so a lost "
+            "worker can still lose shards. Start the cluster inside dask.config.set("
+            "{'distributed.scheduler.active-memory-manager.start': False}), or call client.amm.stop().",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _merge(a, b, k):
@@ -260,6 +282,7 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
         wait(changed)  # finished before any query checks the shards
         if changed and self.replicas > 1:
             client.replicate(changed, n=self.replicas)
+            _warn_if_replicas_dropped(client, self.replicas)
         self.shards_ = shards
         self.shard_offsets_ = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
@@ -279,6 +302,7 @@ class ShardedRetriever(GalleryMixin, ClassifierMixin, BaseEstimator):
             shards.append(self._client.scatter(block, workers=[target], hash=False))
         if self.replicas > 1:
             self._client.replicate(shards, n=self.replicas)
+            _warn_if_replicas_dropped(self._client, self.replicas)
         return shards
 
     def _distributed_topk(self, queries, k):

@@ -3,12 +3,14 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed", reason="needs the dask extra: pip install skretrieval[dask]")
 
+import dask  # noqa: E402
 import dask.array as da  # noqa: E402
 import dask.bag as db  # noqa: E402
 from helpers import TinyEncoder  # noqa: E402
@@ -22,10 +24,27 @@ from skretrieval.dask import ShardedRetriever, encode  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(
+    # Without the active memory manager, whose default policy drops extra replicas: as
+    # docs/scaling_out.md tells users of replicas > 1.
+    with dask.config.set({"distributed.scheduler.active-memory-manager.start": False}), distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster, distributed.Client(cluster) as client:
         yield client
+
+
+def test_replicas_warn_where_the_scheduler_drops_them():
+    """distributed's default active memory manager drops extra replicas: replicas=2 says so."""
+    X, y = _data(12, n=40)
+    retriever = ImageRetriever("precomputed")
+    with distributed.LocalCluster(  # in-process: no sockets
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as default_client:
+        with pytest.warns(UserWarning, match="ReduceReplicas.*active-memory-manager.start"):
+            ShardedRetriever(retriever, replicas=2).fit(X, y, client=default_client)
+        default_client.amm.stop()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ShardedRetriever(retriever, replicas=2).fit(X, y, client=default_client)
 
 
 def _data(seed=0, n=203, d=8, ties=True):
