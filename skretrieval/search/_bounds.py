@@ -70,17 +70,19 @@ class TailBound:
         # A float32 norm is within ~(d/2 + 1) roundings of the exact one: inflating it by
         # (d + 4) of them keeps it an upper bound.
         self.inflate = 1.0 + (d + 4) * unit_roundoff(torch.float32)
+        pad = -n % CHUNK
         order = torch.arange(n, device=exact.device)
-        for g0 in range(0, n, self.block):
-            m = min(self.block, n - g0) // CHUNK  # a last, partial chunk stays as it is
+        padded = torch.zeros((n + pad, self.head + 1), device=exact.device)  # whole chunks
+        self.columns = padded[:n]
+        for g0 in range(0, n, self.block):  # the order only moves rows within a block
+            block = exact[g0 : g0 + self.block]
+            m = len(block) // CHUNK  # a last, partial chunk stays as it is
             j, i = torch.meshgrid(torch.arange(m, device=exact.device), torch.arange(CHUNK, device=exact.device), indexing="ij")
             order[g0 : g0 + CHUNK * m] = (g0 + j + i * m).reshape(-1)
-        rows = 65536  # gathered a block at a time
-        self.columns = torch.cat([self.rows(exact.index_select(0, order[r : r + rows])) for r in range(0, n, rows)])
+            self.columns[g0 : g0 + len(block)] = self.rows(block).index_select(0, order[g0 : g0 + len(block)] - g0)
         self.finite = bool(torch.isfinite(self.columns).all())  # a NaN or inf row makes its norm so
-        pad = -n % CHUNK
         self.order = torch.cat([order, order.new_full((pad,), -1)]).view(-1, CHUNK)
-        self._padded = torch.cat([self.columns, self.columns.new_zeros((pad, self.head + 1))]) if pad else self.columns
+        self._chunks = padded.view(-1, CHUNK, self.head + 1)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """``[x_h, ||x_t||]`` of prepared rows: ``rows(q) @ rows(g).T`` bounds ``q @ g.T``."""
@@ -90,7 +92,7 @@ class TailBound:
     def chunk_rows(self, chunks: torch.Tensor) -> torch.Tensor:
         """The stored bound rows of ``chunks``, ``(len(chunks), CHUNK, head + 1)`` (zeros past
         the gallery)."""
-        return self._padded.view(-1, CHUNK, self.head + 1).index_select(0, chunks)
+        return self._chunks.index_select(0, chunks)
 
     def maxima(self, heads: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
         """Chunk maxima of the bounds of query bound rows ``heads`` against the whole gallery,

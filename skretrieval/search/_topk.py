@@ -135,14 +135,15 @@ def topk_search(
     budget = (working_memory if working_memory is not None else default_working_memory(device)) * 2**20
     out_scores = torch.empty((n_queries, k), dtype=torch.float32, device=device)
     out_indices = torch.empty((n_queries, k), dtype=torch.int64, device=device)
-    bounded, probe = resident and _bound_serves(gallery, k), _PROBE_QUERIES
+    # Read once: another thread's search may decline it meanwhile.
+    bound, probe = gallery.tail_bound if resident and _bound_serves(gallery, k) else None, _PROBE_QUERIES
     for q0, qb in query_blocks(queries, gallery, query_block):
         # A query holding a NaN matches nothing: the full scan's rules answer for its block.
-        finite = bool(torch.isfinite(qb).all()) if bounded else False
-        found = _bounded_topk(gallery, qb, q0, k, exclude_self, budget, probe) if finite else None
+        finite = bound is not None and bool(torch.isfinite(qb).all())
+        found = _bounded_topk(gallery, bound, qb, q0, k, exclude_self, budget, probe) if finite else None
         if finite and found is None:  # the bound prunes too little on these data to pay
             gallery.decline_tail_bound()
-            bounded = False
+            bound = None
         probe = None  # the first block told
         s, i = found or _query_block_topk(gallery, qb, q0, k, gallery_block, exclude_self, budget)
         out_scores[q0 : q0 + len(qb)], out_indices[q0 : q0 + len(qb)] = s, i
@@ -164,25 +165,23 @@ def _bound_serves(gallery: SearchGallery, k: int) -> bool:
     )
 
 
-def _bounded_topk(gallery: SearchGallery, qb, q0, k, exclude_self, budget, probe=None):
-    """The top-k of a query block through the tail bound (see ``._bounds``), or None where the
-    bound prunes too little for it to pay (``probe`` queries, if given, tell first)."""
-    bound = gallery.tail_bound
+def _bounded_topk(gallery: SearchGallery, bound, qb, q0, k, exclude_self, budget, probe=None):
+    """The top-k of a query block through the gallery's tail ``bound`` (see ``._bounds``), or
+    None where it prunes too little to pay (``probe`` queries, if given, tell first)."""
     rows = max(1, min(len(qb), int(budget // (4 * bound.block + 8 * len(bound.order)))))  # scores, maxima
     buffer = torch.empty(rows * bound.block, device=qb.device)
     starts = [0, *range(min(probe or rows, rows), len(qb), rows)]
     found = []
     for s0, s1 in zip(starts, [*starts[1:], len(qb)]):
-        part = _bounded_part(gallery, qb[s0:s1], q0 + s0, k, exclude_self, budget, buffer)
+        part = _bounded_part(gallery, bound, qb[s0:s1], q0 + s0, k, exclude_self, budget, buffer)
         if part is None:
             return None
         found.append(part)
     return tuple(torch.cat(column) for column in zip(*found))
 
 
-def _bounded_part(gallery: SearchGallery, qb, q0, k, exclude_self, budget, buffer):
+def _bounded_part(gallery: SearchGallery, bound, qb, q0, k, exclude_self, budget, buffer):
     n, device = len(qb), qb.device
-    bound = gallery.tail_bound
     heads = bound.rows(qb)
     maxima = bound.maxima(heads, buffer)
     # The k + 1 pairs with the largest bounds in the k + 1 chunks with the largest maxima are

@@ -108,10 +108,10 @@ def test_prunes_clustered_embeddings_and_gives_way_on_uniform_ones():
     with bound_for_any_gallery(share=_topk._MAX_BOUND_SHARE, block=_bounds.BLOCK):
         resident = SearchGallery(gallery, cosine)
         qb = cosine.prepare(torch.from_numpy(queries))
-        found = _topk._bounded_topk(resident, qb, 0, 5, False, 2**28)
+        found = _topk._bounded_topk(resident, resident.tail_bound, qb, 0, 5, False, 2**28)
         assert found is not None
         uniform = SearchGallery(rng.standard_normal((20_000, 512)).astype(np.float32), cosine)
-        assert _topk._bounded_topk(uniform, qb, 0, 5, False, 2**28) is None
+        assert _topk._bounded_topk(uniform, uniform.tail_bound, qb, 0, 5, False, 2**28) is None
         uniform_result = topk_search(queries, uniform, 5, cosine)
         assert uniform.tail_bound is None  # declined: later searches skip the probe
     expected = full_scan(queries, gallery, 5, cosine)
