@@ -10,16 +10,19 @@ bound reaches it are scored exactly:
 
 1. the bounds of a query block against the whole gallery, kept as chunk maxima (the top-k
    engine's scan: products, one elementwise maximum, no per-pair work);
-2. the rows of the ``k + 1`` chunks with the largest bounds are scored exactly: their k-th
-   score ``T`` is reached by k real pairs, so it bounds the query's k-th score from below;
-3. every chunk whose bound reaches ``T`` (within the products' error bound) is scored
-   exactly, and the best k of those pairs are the answer.
+2. in the ``k + 1`` chunks with the largest maxima, the ``k + 1`` pairs with the largest bounds
+   are scored: besides the query's own row they are k real pairs, so their k-th score,
+   lowered by the error bound, ``T``, bounds the query's k-th score from below;
+3. the pairs of every chunk whose maximum reaches ``T`` (within the products' error bound)
+   are bounded one by one, and those still reaching it scored exactly; the best k are the
+   answer.
 
 A pair's score is then computed as :func:`~skretrieval.search.topk_search` computes it
 (:meth:`Similarity.exact`), and every pair reaching ``T`` is looked at, so the result equals
-the full scan's, ties included. Where the bound prunes little (uniform random vectors, most
-real image features), step 3 would score much of the gallery pair by pair: a probe of the
-first queries finds that out, and the search goes on with the full scan.
+the full scan's, ties included. Where the bound prunes little (uniform random vectors, the
+digits features of ``benchmarks/bench_search.py``, 128-d galleries), step 3 would score much
+of the gallery pair by pair: a probe of the first queries finds that out, and the search goes
+on with the full scan.
 """
 
 from __future__ import annotations

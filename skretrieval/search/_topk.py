@@ -213,7 +213,7 @@ def _bounded_part(gallery: SearchGallery, bound, qb, q0, k, exclude_self, budget
 
 
 def _chunk_bounds(bound, heads, rows, chunks, q0, exclude_self):
-    """``(rows, cols, bounds)``, each ``(len(chunks), _CHUNK)``: the pairs of queries ``rows``
+    """``(rows, cols, bounds)``, each ``(len(chunks), 16)``: the pairs of queries ``rows``
     in their chunks ``chunks`` of the bound's scan, and their bounds recomputed pair by pair;
     ``cols`` is -1 and the bound ``-inf`` past the gallery and at a query's own row."""
     cols = bound.order.index_select(0, chunks)
