@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import torch
 
-from ._precision import unit_roundoff
+from ._precision import finite_max, max_rounding, product_margin, unit_roundoff
 
 MIN_FEATURES = 64  # below this a quarter of the product saves too little to pay the steps
+DTYPES = (torch.float32, torch.bfloat16)  # fp16's narrow range could overflow a bound row
 CHUNK = 16  # rows per chunk maximum, as the top-k engine's
 BLOCK = CHUNK * 1024  # gallery rows per block of the scan: 16 products of 1024 rows
 
@@ -52,6 +53,9 @@ class TailBound:
     ----------
     exact : tensor of shape (n_gallery, n_features)
         The prepared float32 gallery (:attr:`SearchGallery.exact`).
+    dtype : torch.dtype, default=torch.float32
+        Dtype of the scan's products (float32 or bfloat16): a bfloat16 scan keeps a copy of
+        the bound rows in it, and its error bound (:meth:`margin`) counts their rounding.
 
     Attributes
     ----------
@@ -67,9 +71,9 @@ class TailBound:
         Whether every row is finite (else the bound is not used).
     """
 
-    def __init__(self, exact: torch.Tensor):
+    def __init__(self, exact: torch.Tensor, dtype: torch.dtype = torch.float32):
         n, d = exact.shape
-        self.head, self.block = d // 4, BLOCK
+        self.head, self.block, self.dtype, self.n_features = d // 4, BLOCK, dtype, d
         # A float32 norm is within ~(d/2 + 1) roundings of the exact one: inflating it by
         # (d + 4) of them keeps it an upper bound.
         self.inflate = 1.0 + (d + 4) * unit_roundoff(torch.float32)
@@ -84,6 +88,9 @@ class TailBound:
             order[g0 : g0 + CHUNK * m] = (g0 + j + i * m).reshape(-1)
             self.columns[g0 : g0 + len(block)] = self.rows(block).index_select(0, order[g0 : g0 + len(block)] - g0)
         self.finite = bool(torch.isfinite(self.columns).all())  # a NaN or inf row makes its norm so
+        self.low = self.columns if dtype == torch.float32 else self.columns.to(dtype)
+        self.max_norm = finite_max(torch.linalg.vector_norm(self.columns, dim=1))
+        self.max_rounding = max_rounding(self.columns, self.low)
         self.order = torch.cat([order, order.new_full((pad,), -1)]).view(-1, CHUNK)
         self._chunks = padded.view(-1, CHUNK, self.head + 1)
 
@@ -97,12 +104,19 @@ class TailBound:
         the gallery)."""
         return self._chunks.index_select(0, chunks)
 
+    def margin(self, heads: torch.Tensor) -> torch.Tensor:
+        """Per query, how far a computed bound of :meth:`maxima` may fall below the bound of
+        the exact products, plus the float32 error of the exact scores it is compared with."""
+        return product_margin(heads, self.max_norm, self.max_rounding, self.dtype, self.n_features)
+
     def maxima(self, heads: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
         """Chunk maxima of the bounds of query bound rows ``heads`` against the whole gallery,
-        ``(len(heads), n_chunks)``; ``buffer`` holds ``len(heads) * block`` floats."""
+        float32 ``(len(heads), n_chunks)``, from products in :attr:`dtype`; ``buffer`` holds
+        ``len(heads) * block`` numbers of that dtype."""
         n, found = len(heads), []
-        for g0 in range(0, len(self.columns), self.block):
-            block = self.columns[g0 : g0 + self.block]
+        heads = heads.to(self.dtype)
+        for g0 in range(0, len(self.low), self.block):
+            block = self.low[g0 : g0 + self.block]
             m = len(block) // CHUNK
             by_chunk = block[: CHUNK * m].view(m, CHUNK, block.shape[1])
             products = buffer[: CHUNK * n * m].view(CHUNK, n, m)
@@ -112,4 +126,4 @@ class TailBound:
             if len(block) > CHUNK * m:  # the gallery's last, partial chunk
                 maxima = torch.cat([maxima, (heads @ block[CHUNK * m :].T).amax(dim=1, keepdim=True)], dim=1)
             found.append(maxima)
-        return torch.cat(found, dim=1)
+        return torch.cat(found, dim=1).float()

@@ -17,9 +17,10 @@ import torch
 from sklearn import get_config
 from torch.nn import functional as F
 
+from ._bounds import DTYPES as _BOUND_DTYPES
 from ._bounds import MIN_FEATURES as _MIN_BOUND_FEATURES
 from ._bounds import TailBound
-from ._precision import matmul_error_bound, unit_roundoff
+from ._precision import finite_max, matmul_error_bound, max_rounding, product_margin, unit_roundoff
 from ._similarity import Similarity
 from ._storage import RowStore, read_blocks, rows_at_once, streamed
 
@@ -83,15 +84,16 @@ class SearchGallery:
         norms = torch.linalg.vector_norm(self.exact, dim=1)
         self.sqnorm = norms * norms
         # Rows with NaN or inf never match (their scores are NaN); they must not void the bound.
-        self.max_norm = _finite_max(norms)
-        self.max_rounding = _max_rounding(self.exact, self.low)
+        self.max_norm = finite_max(norms)
+        self.max_rounding = max_rounding(self.exact, self.low)
 
     @functools.cached_property
     def tail_bound(self) -> TailBound | None:
         """The :class:`~skretrieval.search._bounds.TailBound` of a resident gallery (a quarter
         of its memory more), built on first use and kept with it; None when streamed, when a
         row is not finite, or once declined."""
-        bound = None if self.streamed or self.n_features < _MIN_BOUND_FEATURES else TailBound(self.exact)
+        usable = not self.streamed and self.n_features >= _MIN_BOUND_FEATURES and self.dtype in _BOUND_DTYPES
+        bound = TailBound(self.exact, self.dtype) if usable else None
         return bound if bound is not None and bound.finite else None
 
     def decline_tail_bound(self) -> None:
@@ -138,8 +140,8 @@ class SearchGallery:
         for g0, exact, low in self.blocks(rows):
             norms = torch.linalg.vector_norm(exact, dim=1)
             sqnorm[g0 : g0 + len(norms)] = norms * norms
-            self.max_norm = max(self.max_norm, _finite_max(norms))
-            self.max_rounding = max(self.max_rounding, _max_rounding(exact, low))
+            self.max_norm = max(self.max_norm, finite_max(norms))
+            self.max_rounding = max(self.max_rounding, max_rounding(exact, low))
         self.sqnorm = sqnorm
 
     def margin(self, queries: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -154,22 +156,15 @@ class SearchGallery:
         if not self.similarity.is_matmul:
             return torch.zeros(len(queries), device=self.device)
         dtype = self.dtype if dtype is None else dtype
-        d = self.n_features
-        q_norm = torch.linalg.vector_norm(queries, dim=1)
         if self.similarity.proxy_scale != 1.0:
-            bound = matmul_error_bound(dtype, d)
+            q_norm = torch.linalg.vector_norm(queries, dim=1)
+            bound = matmul_error_bound(dtype, self.n_features)
             scale = self.similarity.proxy_scale
             # The euclidean proxy also subtracts ||b||^2 and compares with ||a||^2 - d^2,
             # where d, re-scored in float32, is off by up to ~d u ||a - b||.
             squares = 2.0 * scale * (self.max_norm**2 + q_norm * q_norm)
             return bound * (scale * q_norm * self.max_norm + squares)
-        # Float32 accumulation, once in the product and once in the re-scoring whose
-        # values set the threshold.
-        accumulation = 2.2 * (d + 4) * 2.0**-24 * q_norm * self.max_norm
-        if dtype == torch.float32:
-            return accumulation
-        q_rounding = torch.linalg.vector_norm(queries - queries.to(dtype).float(), dim=1)
-        return 1.001 * (q_norm * self.max_rounding + q_rounding * self.max_norm) + accumulation
+        return product_margin(queries, self.max_norm, self.max_rounding, dtype, self.n_features)
 
     def lower(self, threshold: torch.Tensor, margin: torch.Tensor, dtype: torch.dtype | None = None):
         """The proxy threshold that keeps every pair whose exact proxy reaches ``threshold``.
@@ -180,30 +175,15 @@ class SearchGallery:
         lowered = threshold - margin
         return lowered - 1.01 * unit_roundoff(self.dtype if dtype is None else dtype) * lowered.abs()
 
-    def floor(self, threshold: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    def floor(self, threshold: torch.Tensor, margin: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The least exact proxy of a pair whose computed proxy reaches ``threshold``.
 
         The converse of :meth:`lower`: a computed proxy ``c >= t`` comes from a value within
         ``u * abs(c)`` of it (output rounding), itself within ``margin`` of the exact proxy.
         Infinite thresholds stay as they are.
         """
-        floored = threshold - margin - 1.01 * unit_roundoff(self.dtype) * threshold.abs()
+        floored = threshold - margin - 1.01 * unit_roundoff(self.dtype if dtype is None else dtype) * threshold.abs()
         return torch.where(torch.isinf(threshold), threshold, floored)
-
-
-def _finite_max(values: torch.Tensor) -> float:
-    finite = values[torch.isfinite(values)]
-    return float(finite.max()) if len(finite) else 0.0
-
-
-def _max_rounding(exact: torch.Tensor, low: torch.Tensor, rows: int = 65536) -> float:
-    """Largest ``||g - g~||`` over the gallery (0 in float32), in blocks of rows."""
-    if low.dtype == torch.float32 or not len(exact):
-        return 0.0
-    return max(
-        _finite_max(torch.linalg.vector_norm(exact[i : i + rows] - low[i : i + rows].float(), dim=1))
-        for i in range(0, len(exact), rows)
-    )
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -100,3 +100,37 @@ def matmul_error_bound(dtype: torch.dtype, n_features: int) -> float:
     """
     u = _UNIT_ROUNDOFF[dtype]
     return 3.0 * u + 4.0 * u * u + 2.2 * (n_features + 4) * 2.0**-24
+
+
+def product_margin(queries, max_norm: float, max_rounding: float, dtype: torch.dtype, n_features: int):
+    """Per query, a bound on ``|q~.g~ - q.g|`` for products in ``dtype`` against rows of norm
+    at most ``max_norm`` whose ``dtype`` copies are within ``max_rounding`` of them, before the
+    output rounding.
+
+    ``q~.g~ - q.g = q.(g~ - g) + (q~ - q).g~``, so the rounding norms bound it (Cauchy-Schwarz),
+    plus the float32 accumulation of the exact products of bf16/fp16 numbers, counted twice:
+    once in the product and once in the float32 re-scoring whose values set the threshold.
+    """
+    q_norm = torch.linalg.vector_norm(queries, dim=1)
+    accumulation = 2.2 * (n_features + 4) * 2.0**-24 * q_norm * max_norm
+    if dtype == torch.float32:
+        return accumulation
+    q_rounding = torch.linalg.vector_norm(queries - queries.to(dtype).float(), dim=1)
+    return 1.001 * (q_norm * max_rounding + q_rounding * max_norm) + accumulation
+
+
+def finite_max(values: torch.Tensor) -> float:
+    """The largest finite value (0 when none): NaN or inf rows never match, so they must not
+    void a bound."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.max()) if len(finite) else 0.0
+
+
+def max_rounding(exact: torch.Tensor, low: torch.Tensor, rows: int = 65536) -> float:
+    """Largest ``||g - g~||`` over the gallery (0 in float32), in blocks of rows."""
+    if low.dtype == torch.float32 or not len(exact):
+        return 0.0
+    return max(
+        finite_max(torch.linalg.vector_norm(exact[i : i + rows] - low[i : i + rows].float(), dim=1))
+        for i in range(0, len(exact), rows)
+    )

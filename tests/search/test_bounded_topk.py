@@ -48,13 +48,14 @@ def full_scan(queries, gallery, k, similarity, **options):
     n_queries=st.integers(1, 20),
     dim=st.integers(1, 40),
     name=st.sampled_from(["cosine", "dot"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
     kind=st.sampled_from(["integers", "clustered", "duplicates"]),
     exclude_self=st.booleans(),
     working_memory=st.sampled_from([0.02, None]),
     seed=st.integers(0, 10_000),
     data=st.data(),
 )
-def test_same_result_as_the_full_scan(n_gallery, n_queries, dim, name, kind, exclude_self, working_memory, seed, data):
+def test_same_result_as_the_full_scan(n_gallery, n_queries, dim, name, dtype, kind, exclude_self, working_memory, seed, data):
     rng = np.random.default_rng(seed)
     if kind == "integers":  # exact ties everywhere
         gallery = rng.integers(-2, 3, size=(n_gallery, dim)).astype(np.float32)
@@ -67,10 +68,10 @@ def test_same_result_as_the_full_scan(n_gallery, n_queries, dim, name, kind, exc
     similarity = get_similarity(name)
     options = dict(exclude_self=exclude_self, working_memory=working_memory)
     with bound_for_any_gallery():
-        resident = SearchGallery(gallery, similarity)
-        assert resident.tail_bound is not None
+        resident = SearchGallery(gallery, similarity, dtype)
+        assert resident.tail_bound is not None and resident.tail_bound.dtype == dtype
         scores, indices = topk_search(queries, resident, k, similarity, **options)
-    expected = full_scan(queries, gallery, k, similarity, **options)
+    expected = full_scan(queries, gallery, k, similarity, **options)  # float32 products
     np.testing.assert_array_equal(indices, expected[1])
     np.testing.assert_array_equal(scores, expected[0])
 
@@ -99,8 +100,9 @@ def test_bound_rows_bound_every_product(n, dim, scale, seed):
 
 
 def test_prunes_clustered_embeddings_and_gives_way_on_uniform_ones():
-    """Clustered rows: the bound's scan answers (it scores under 2% of the pairs one by one);
-    uniform random rows: it gives way, and the full scan answers."""
+    """Clustered rows: the bound's scan answers, with float32 or bfloat16 products (it bounds
+    under 2% of the chunks pair by pair); uniform random rows: it gives way, and the full scan
+    answers."""
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((2000, 512))  # ~10 rows a cluster
     gallery, queries = clustered(rng, centres, 20_000, 0.3), clustered(rng, centres, 50, 0.3)
@@ -110,13 +112,17 @@ def test_prunes_clustered_embeddings_and_gives_way_on_uniform_ones():
         qb = cosine.prepare(torch.from_numpy(queries))
         found = _topk._bounded_topk(resident, resident.tail_bound, qb, 0, 5, False, 2**28)
         assert found is not None
+        in_bf16 = SearchGallery(gallery, cosine, torch.bfloat16)  # bfloat16 products: the same
+        found_bf16 = _topk._bounded_topk(in_bf16, in_bf16.tail_bound, qb, 0, 5, False, 2**28)
+        assert found_bf16 is not None
         uniform = SearchGallery(rng.standard_normal((20_000, 512)).astype(np.float32), cosine)
         assert _topk._bounded_topk(uniform, uniform.tail_bound, qb, 0, 5, False, 2**28) is None
         uniform_result = topk_search(queries, uniform, 5, cosine)
         assert uniform.tail_bound is None  # declined: later searches skip the probe
     expected = full_scan(queries, gallery, 5, cosine)
-    np.testing.assert_array_equal(found[1].numpy(), expected[1])
-    np.testing.assert_array_equal(found[0].numpy(), expected[0])
+    for result in (found, found_bf16):
+        np.testing.assert_array_equal(result[1].numpy(), expected[1])
+        np.testing.assert_array_equal(result[0].numpy(), expected[0])
     reference = reference_scores(queries, uniform.exact.numpy(), "cosine")
     np.testing.assert_array_equal(uniform_result[1], np.argsort(-reference, axis=1, kind="stable")[:, :5])
 
