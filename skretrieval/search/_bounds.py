@@ -47,7 +47,8 @@ class TailBound:
     ``j + i * m``. Stored chunk by chunk, a chunk's rows are adjacent (read at once when its
     pairs are bounded one by one), and product ``i`` is every ``CHUNK``-th stored row from
     ``i``, which a matrix product reads in place. ``n_gallery * (n_features / 4 + 1)``
-    floats: a quarter of the gallery's memory more.
+    floats: a quarter of the gallery's memory more (and half that again for the bfloat16 copy
+    of bfloat16 products).
 
     Parameters
     ----------
@@ -65,6 +66,8 @@ class TailBound:
         Rows of a block of the scan, :data:`BLOCK` when built.
     columns : tensor of shape (n_gallery, head + 1)
         Bound rows, stored chunk by chunk.
+    low : tensor of shape (n_gallery, head + 1)
+        The same in the products' ``dtype`` (``columns`` itself for float32).
     order : tensor of shape (n_chunks, CHUNK)
         The gallery row of each stored row, chunk by chunk; -1 past the gallery.
     finite : bool
