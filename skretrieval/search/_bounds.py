@@ -33,7 +33,7 @@ from ._precision import finite_max, max_rounding, product_margin, unit_roundoff
 
 MIN_FEATURES = 64  # below this a quarter of the product saves too little to pay the steps
 DTYPES = (torch.float32, torch.bfloat16)  # fp16's narrow range could overflow a bound row
-CHUNK = 16  # rows per chunk maximum, as the top-k engine's
+CHUNK = 16  # gallery rows per chunk maximum: a candidate chunk's rows are bounded one by one
 BLOCK = CHUNK * 1024  # gallery rows per block of the scan: 16 products of 1024 rows
 
 

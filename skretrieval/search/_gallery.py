@@ -90,11 +90,15 @@ class SearchGallery:
     @functools.cached_property
     def tail_bound(self) -> TailBound | None:
         """The :class:`~skretrieval.search._bounds.TailBound` of a resident gallery (a quarter
-        of its memory more), built on first use and kept with it; None when streamed, when a
-        row is not finite, or once declined."""
-        usable = not self.streamed and self.n_features >= _MIN_BOUND_FEATURES and self.dtype in _BOUND_DTYPES
-        bound = TailBound(self.exact, self.dtype) if usable else None
-        return bound if bound is not None and bound.finite else None
+        of its memory more), built on first use and kept with it; None when streamed, when
+        the proxy is not a plain product (euclidean, a callable), when a row is not finite,
+        or once declined."""
+        plain_product = self.similarity.is_matmul and self.similarity.proxy_scale == 1.0
+        small = self.n_features < _MIN_BOUND_FEATURES
+        if self.streamed or not plain_product or small or self.dtype not in _BOUND_DTYPES:
+            return None
+        bound = TailBound(self.exact, self.dtype)
+        return bound if bound.finite else None
 
     def decline_tail_bound(self) -> None:
         """Free the tail bound and search this gallery by the full scan from now on: the bound

@@ -39,6 +39,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._bounds import CHUNK as BOUND_CHUNK
 from ._gallery import (
     SearchGallery,
     candidates,
@@ -154,13 +155,11 @@ def topk_search(
 
 
 def _bound_serves(gallery: SearchGallery, k: int) -> bool:
-    """Whether to try the scan through the tail bound: a dot or cosine similarity, products in
-    float32 or bfloat16, and a resident gallery of finite rows large enough for its steps to pay."""
+    """Whether to try the scan through the tail bound: a gallery large enough for its steps to
+    pay, and one that has a bound (see :attr:`SearchGallery.tail_bound`)."""
     return (
-        gallery.similarity.is_matmul
-        and gallery.similarity.proxy_scale == 1.0
-        and gallery.n_gallery >= _MIN_BOUND_GALLERY
-        and _CHUNK * (k + 1) <= _MAX_BOUND_SHARE * gallery.n_gallery  # the seeds' share
+        gallery.n_gallery >= _MIN_BOUND_GALLERY
+        and BOUND_CHUNK * (k + 1) <= _MAX_BOUND_SHARE * gallery.n_gallery  # the seeds' share
         and gallery.tail_bound is not None
     )
 
@@ -190,9 +189,9 @@ def _bounded_part(gallery: SearchGallery, bound, qb, q0, k, exclude_self, budget
     # query's k-th neighbour.
     seeds = torch.topk(maxima, k + 1, dim=1).indices.view(-1)
     seed_rows = torch.arange(n, device=device).repeat_interleave(k + 1)
-    rows, cols, bounds = _chunk_bounds(bound, heads, seed_rows, seeds, q0, exclude_self)
+    cols, bounds = _chunk_bounds(bound, heads, seed_rows, seeds, q0, exclude_self)
     pick = torch.topk(bounds.view(n, -1), k + 1, dim=1).indices
-    cols = cols.reshape(n, -1).gather(1, pick)
+    cols = cols.view(n, -1).gather(1, pick)
     scores = torch.bmm(gallery.exact[cols], qb[:, :, None]).squeeze(2)  # (n, k + 1)
     scores[cols < 0] = -torch.inf  # past the gallery, or the query's own row
     fp32, margin = torch.float32, gallery.margin(qb, torch.float32)
@@ -202,26 +201,24 @@ def _bounded_part(gallery: SearchGallery, bound, qb, q0, k, exclude_self, budget
     if len(rows) > _MAX_BOUND_SHARE * maxima.numel():
         return None
     threshold = gallery.lower(kth, margin, fp32)
-    rows, cols, bounds = _chunk_bounds(bound, heads, rows, chunks, q0, exclude_self)
-    hit = torch.nonzero((bounds >= threshold[rows]).view(-1)).squeeze(1)
-    rows, cols = rows.reshape(-1)[hit], cols.view(-1)[hit]
+    cols, bounds = _chunk_bounds(bound, heads, rows, chunks, q0, exclude_self)
+    hit = torch.nonzero((bounds >= threshold[rows][:, None]).view(-1)).squeeze(1)
+    rows, cols = rows.index_select(0, hit // BOUND_CHUNK), cols.view(-1).index_select(0, hit)
     values = _exact_values(gallery, qb, rows, cols, None, gallery.exact, 0, budget)
     keep = values >= kth[rows]
-    best = (torch.full((n, k), -torch.inf, device=device),
-            torch.full((n, k), gallery.n_gallery, dtype=torch.int64, device=device))
-    return merge_topk(*best, rows[keep], cols[keep], values[keep])
+    return merge_topk(*_placeholders(n, k, gallery.n_gallery, device), rows[keep], cols[keep], values[keep])
 
 
 def _chunk_bounds(bound, heads, rows, chunks, q0, exclude_self):
-    """``(rows, cols, bounds)``, each ``(len(chunks), 16)``: the pairs of queries ``rows``
-    in their chunks ``chunks`` of the bound's scan, and their bounds recomputed pair by pair;
-    ``cols`` is -1 and the bound ``-inf`` past the gallery and at a query's own row."""
+    """``(cols, bounds)``, each ``(len(chunks), CHUNK)``: the gallery rows of the chunks
+    ``chunks`` of the bound's scan, and the bounds of query ``rows[i]`` against those of chunk
+    ``i``, recomputed pair by pair; ``cols`` is -1 and the bound ``-inf`` past the gallery and
+    at a query's own row."""
     cols = bound.order.index_select(0, chunks)
-    rows = rows[:, None].expand_as(cols)
     if exclude_self:
-        cols = torch.where(cols == rows + q0, -1, cols)
-    bounds = torch.bmm(bound.chunk_rows(chunks), heads.index_select(0, rows[:, 0])[:, :, None]).squeeze(2)
-    return rows, cols, bounds.masked_fill_(cols < 0, -torch.inf)
+        cols = torch.where(cols == rows[:, None] + q0, -1, cols)
+    bounds = torch.bmm(bound.chunk_rows(chunks), heads.index_select(0, rows)[:, :, None]).squeeze(2)
+    return cols, bounds.masked_fill_(cols < 0, -torch.inf)
 
 
 def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_self, budget):
@@ -229,9 +226,7 @@ def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_
     margin = gallery.margin(qb)
     qb_low = qb.to(gallery.dtype)
     top_maxima = torch.full((n, k), -torch.inf, device=device)  # k largest chunk maxima so far
-    # k placeholders per row (-inf, an index past the gallery) that any real pair beats.
-    best = (torch.full((n, k), -torch.inf, device=device),
-            torch.full((n, k), gallery.n_gallery, dtype=torch.int64, device=device))
+    best = _placeholders(n, k, gallery.n_gallery, device)
     pending, n_pending = [], 0
     max_pending = max(4 * n * k, int(budget // (12 * gallery.n_features)))
     buffer = score_buffer(gallery, n, gallery_block)
@@ -252,6 +247,13 @@ def _query_block_topk(gallery: SearchGallery, qb, q0, k, gallery_block, exclude_
             best = _settle(gallery, qb, q0, best, pending, threshold, exclude_self, budget)
             pending, n_pending = [], 0
     return _settle(gallery, qb, q0, best, pending, threshold, exclude_self, budget)
+
+
+def _placeholders(n, k, n_gallery, device):
+    """``(scores, indices)`` of k placeholders per row (-inf, an index past the gallery) that
+    any real pair beats."""
+    return (torch.full((n, k), -torch.inf, device=device),
+            torch.full((n, k), n_gallery, dtype=torch.int64, device=device))
 
 
 def _select_chunks(gallery: SearchGallery, maxima, top, threshold, margin):
